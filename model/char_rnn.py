@@ -1,0 +1,121 @@
+"""The character model: one-hot input, a stack of recurrent layers, a Linear decoder.
+
+The input of layer 1 is the one-hot of the token times i2h's weight, which is the same as picking
+the token's column of that weight (a gather), so no one-hot matrix is built on the fast paths.
+Dropout acts on the inputs of layers 2..n and on the top h before the decoder, never on the
+recurrent state. `forward` returns logits; log_softmax is applied by the loss and the sampler.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.gru import GRULayer
+from model.lstm import LSTMLayer
+from model.rnn import RNNLayer
+
+LAYERS = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
+State = tuple[torch.Tensor, ...]  # for LSTM (h, c), else (h,); each (num_layers, batch, rnn_size)
+
+# Above this many one-hot input weights, the fused kernel's one-hot product costs more than
+# running layer 1 step by step on gathered columns (measured on CPU with bench/train_speed.py).
+KERNEL_ONE_HOT_LIMIT = 1 << 18
+
+
+class CharRNN(nn.Module):
+    def __init__(self, model_type: str, vocab_size: int, rnn_size: int, num_layers: int, dropout: float = 0.0):
+        super().__init__()
+        layer_class = LAYERS[model_type]
+        self.model_type, self.vocab_size, self.rnn_size, self.num_layers = model_type, vocab_size, rnn_size, num_layers
+        self.layers = nn.ModuleList(
+            layer_class(vocab_size if n == 0 else rnn_size, rnn_size) for n in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+        self.decoder = nn.Linear(rnn_size, vocab_size)
+        self.use_kernel = layer_class.kernel is not None
+
+    def initialize(self) -> None:
+        """char-rnn's initialisation: uniform in [-0.08, 0.08], LSTM forget biases 1."""
+        nn.init.uniform_(self.decoder.weight, -0.08, 0.08)
+        nn.init.uniform_(self.decoder.bias, -0.08, 0.08)
+        for layer in self.layers:
+            layer.initialize()
+
+    def shape(self) -> dict:
+        return {"model_type": self.model_type, "vocab_size": self.vocab_size, "rnn_size": self.rnn_size,
+                "num_layers": self.num_layers, "dropout": self.dropout.p}
+
+    def zero_state(self, batch_size: int) -> State:
+        weight = self.decoder.weight
+        return tuple(weight.new_zeros(self.num_layers, batch_size, self.rnn_size)
+                     for _ in self.layers[0].state_names)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Layer 1's input product for token indices: the token's column of i2h, plus the bias."""
+        i2h = self.layers[0].i2h
+        return F.embedding(tokens, i2h.weight.t()) + i2h.bias
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x: (batch, time) token indices -> logits (batch, time, vocab) and the final state."""
+        if self.use_kernel:
+            top, state = self._run_kernel(x, state)
+        else:
+            top, state = self._run_layers(x, state)
+        return self.decoder(self.dropout(top)), state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One character per stream (sampling): tokens (batch,) -> logits (batch, vocab)."""
+        top, state = self._run_layers(tokens[:, None], state)
+        return self.decoder(self.dropout(top[:, 0])), state
+
+    def forward_steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The plain per-step graph of char-rnn, one-hot input included: the reference that the
+        faster paths above must reproduce."""
+        tops = []
+        for t in range(x.shape[1]):
+            layer_input = F.one_hot(x[:, t], self.vocab_size).to(self.decoder.weight.dtype)
+            new_state = []
+            for n, layer in enumerate(self.layers):
+                if n > 0:
+                    layer_input = self.dropout(layer_input)
+                layer_state = layer.step(layer.i2h(layer_input), tuple(part[n] for part in state))
+                layer_input = layer_state[0]
+                new_state.append(layer_state)
+            state = tuple(torch.stack(parts) for parts in zip(*new_state))
+            tops.append(layer_input)
+        return self.decoder(self.dropout(torch.stack(tops, dim=1))), state
+
+    def _run_layers(self, x: torch.Tensor, state: State, layers: range | None = None,
+                    layer_input: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Layer by layer: each layer's input products for all time steps in one matrix product,
+        then its recurrence step by step."""
+        new_state = []
+        for n in layers or range(self.num_layers):
+            layer = self.layers[n]
+            sums = self.embed(x) if n == 0 else layer.i2h(self.dropout(layer_input))
+            layer_state = tuple(part[n] for part in state)
+            outputs = []
+            for t in range(sums.shape[1]):
+                layer_state = layer.step(sums[:, t], layer_state)
+                outputs.append(layer_state[0])
+            layer_input = torch.stack(outputs, dim=1)
+            new_state.append(layer_state)
+        return layer_input, tuple(torch.stack(parts) for parts in zip(*new_state))
+
+    def _run_kernel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """PyTorch's fused multi-layer kernel. Layer 1 goes in with one-hot input when the vocabulary
+        is small; otherwise it runs step by step on gathered columns and the kernel does the rest."""
+        gate_width = self.layers[0].i2h.out_features
+        if self.vocab_size * gate_width <= KERNEL_ONE_HOT_LIMIT:
+            first, layer_input, first_state = 0, F.one_hot(x, self.vocab_size).to(self.decoder.weight.dtype), ()
+        else:
+            layer_input, first_state = self._run_layers(x, state, range(1))
+            if self.num_layers == 1:
+                return layer_input, first_state
+            first, layer_input = 1, self.dropout(layer_input)
+        weights = [w for layer in self.layers[first:] for w in layer.kernel_weights()]
+        hidden = tuple(part[first:] for part in state)
+        result = self.layers[0].kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], weights, True,
+                                       self.num_layers - first, self.dropout.p, self.training, False, True)
+        top, kernel_state = result[0], result[1:]
+        if first_state:
+            kernel_state = tuple(torch.cat([a, b]) for a, b in zip(first_state, kernel_state))
+        return top, kernel_state

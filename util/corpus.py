@@ -1,0 +1,162 @@
+"""Text file -> vocabulary + token ids in torch-rnn's HDF5/JSON layout.
+
+The file is read twice in fixed-size chunks: the first pass validates the text, counts tokens and
+collects the vocabulary; the second maps tokens to ids and writes them straight into the HDF5
+datasets. Memory stays around one chunk whatever the file size, and nothing is written until the
+whole input is known to be good.
+"""
+import codecs
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import h5py
+import numpy as np
+
+from util.errors import UserError
+from util.vocab import BYTES, Vocab
+
+CHUNK_BYTES = 1 << 24
+UTF8_BOM = codecs.BOM_UTF8
+MAX_CODE_POINT = 0x110000
+
+
+class DecodeError(UserError):
+    """The text does not decode in the chosen encoding."""
+
+
+@dataclass
+class SplitSizes:
+    train: int
+    val: int
+    test: int
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds ids 1..vocab_size."""
+    if vocab_size <= 255:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
+    """Yield the file's tokens as integer arrays (code points, or byte values)."""
+    try:
+        handle = open(path, "rb")
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a text file") from None
+    except FileNotFoundError:
+        raise UserError(f"input file {path} does not exist") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    with handle:
+        if encoding == BYTES:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield np.frombuffer(chunk, dtype=np.uint8)
+            return
+        try:
+            decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        except LookupError:
+            raise UserError(f"unknown encoding '{encoding}' (use utf-8, bytes, latin-1, ...)") from None
+        offset = 0  # file offset of the first byte of `chunk`
+        first = True
+        while True:
+            chunk = handle.read(CHUNK_BYTES)
+            if first and codecs.lookup(encoding).name == "utf-8" and chunk.startswith(UTF8_BOM):
+                chunk, offset = chunk[len(UTF8_BOM):], len(UTF8_BOM)
+            first = False
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                position = offset - pending + error.start
+                raise DecodeError(
+                    f"{path} is not valid {encoding}: cannot decode byte 0x{error.object[error.start]:02x} "
+                    f"at offset {position}; try -encoding bytes or -encoding latin-1") from None
+            if text:
+                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def scan(path: str, encoding: str) -> tuple[Vocab, int]:
+    """First pass: the vocabulary and the number of tokens."""
+    counts = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=np.int64)
+    total = 0
+    for values in _code_point_chunks(path, encoding):
+        counts += np.bincount(values, minlength=len(counts))
+        total += len(values)
+    present = np.flatnonzero(counts)
+    return Vocab([chr(int(c)) for c in present], encoding), total
+
+
+def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
+    """torch-rnn's contiguous split: train is the head, then val, then test."""
+    val, test = int(val_frac * total), int(test_frac * total)
+    sizes = SplitSizes(total - val - test, val, test)
+    too_small = [name for name, frac, size in (("train", 1, sizes.train), ("val", val_frac, val), ("test", test_frac, test))
+                 if frac > 0 and size <= 0]
+    if too_small:
+        raise UserError(f"the text ({total} tokens) is too short to give the {' and '.join(too_small)} "
+                        f"split at least one token; use a longer text or other -val_frac/-test_frac")
+    return sizes
+
+
+def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, test_frac: float,
+               encoding: str = "utf-8", log: Callable[[str], None] = print) -> tuple[Vocab, SplitSizes]:
+    """Tokenize `path` and write the HDF5 splits and the JSON vocabulary (each atomically)."""
+    if not (0 <= val_frac <= 1 and 0 <= test_frac <= 1) or val_frac + test_frac > 1:
+        raise UserError("-val_frac and -test_frac must be in [0, 1] and sum to at most 1")
+    vocab, total = scan(path, encoding)
+    if total == 0:
+        raise UserError(f"{path} is empty: there is nothing to train on")
+    sizes = split_sizes(total, val_frac, test_frac)
+    for output in (output_h5, output_json):
+        folder = os.path.dirname(os.path.abspath(output))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create output folder {folder}: {error.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"cannot write to folder {folder}")
+    dtype = id_dtype(len(vocab))
+    lookup = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=dtype)
+    lookup[[ord(t) for t in vocab.tokens]] = np.arange(1, len(vocab) + 1, dtype=dtype)
+
+    h5_tmp, json_tmp = output_h5 + ".tmp", output_json + ".tmp"
+    try:
+        with h5py.File(h5_tmp, "w") as h5:
+            datasets = [(h5.create_dataset(name, (size,), dtype=dtype), size)
+                        for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
+            written = 0
+            for values in _code_point_chunks(path, encoding):
+                written = _write_ids(datasets, lookup[values], written)
+        with open(json_tmp, "w", encoding="utf-8") as handle:
+            json.dump({**vocab.to_json(), "source": os.path.abspath(path),
+                       "sizes": {"train": sizes.train, "val": sizes.val, "test": sizes.test}},
+                      handle, ensure_ascii=False)
+        os.replace(h5_tmp, output_h5)
+        os.replace(json_tmp, output_json)
+    except OSError as error:
+        raise UserError(f"cannot write {error.filename or output_h5}: {error.strerror}") from None
+    finally:
+        for leftover in (h5_tmp, json_tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    log(f"vocabulary size: {len(vocab)} ({'bytes' if encoding == BYTES else encoding}), ids stored as {dtype.name}")
+    log(f"tokens: train {sizes.train}, val {sizes.val}, test {sizes.test}")
+    log(f"wrote {output_h5} and {output_json}")
+    return vocab, sizes
+
+
+def _write_ids(datasets: list, ids: np.ndarray, written: int) -> int:
+    """Write the ids of tokens written..written+len(ids) into the splits they fall in."""
+    start = 0  # position of the current split's first token in the whole text
+    for dataset, size in datasets:
+        lo, hi = max(written, start), min(written + len(ids), start + size)
+        if lo < hi:
+            dataset[lo - start:hi - start] = ids[lo - written:hi - written]
+        start += size
+    return written + len(ids)

@@ -1,0 +1,138 @@
+"""Reading preprocessed data back and cutting it into batches.
+
+Two sources, each with its reference project's batches:
+- torch-rnn's HDF5/JSON pair: each split separately laid out as batch_size contiguous streams.
+- char-rnn's `-data_dir` folder with `input.txt`: the whole text laid out as batch_size rows, the
+  splits taken as column blocks (so val losses compare with char-rnn's).
+Either way a split is a pair of (batch_size, n_batches * seq_length) arrays of 0-based ids, and
+batch k is the k-th seq_length-wide column block of both.
+"""
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+
+from util.corpus import DecodeError, preprocess
+from util.errors import UserError
+from util.vocab import BYTES, Vocab
+
+SPLITS = ("train", "val", "test")
+
+
+def read_h5_json(h5_path: str, json_path: str) -> tuple[Vocab, dict[str, np.ndarray]]:
+    """Load our or torch-rnn's files: the vocabulary and each split's 0-based ids."""
+    try:
+        with open(json_path, encoding="utf-8") as handle:
+            vocab = Vocab.from_json(json.load(handle), json_path)
+    except FileNotFoundError:
+        raise UserError(f"vocabulary file {json_path} does not exist (run preprocess.py first)") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read vocabulary file {json_path}: {error}") from None
+    splits = {}
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            for name in SPLITS:
+                if name in h5:
+                    splits[name] = h5[name][()]
+                elif name != "test":
+                    raise UserError(f"{h5_path} has no '{name}' dataset")
+    except FileNotFoundError:
+        raise UserError(f"data file {h5_path} does not exist (run preprocess.py first)") from None
+    except (OSError, KeyError, TypeError) as error:
+        raise UserError(f"cannot read data file {h5_path}: {str(error).splitlines()[0]}") from None
+    for name, ids in splits.items():
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise UserError(f"{h5_path}: dataset '{name}' is not a 1-D array of integer ids")
+        if len(ids) and (ids.min() < 1 or ids.max() > len(vocab)):
+            raise UserError(f"{h5_path} does not match {json_path}: split '{name}' has ids outside 1..{len(vocab)}")
+        splits[name] = (ids - 1).astype(id_storage(len(vocab)), copy=False)
+    return vocab, splits
+
+
+def id_storage(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.int32)
+
+
+def load_data_dir(data_dir: str, log: Callable[[str], None] = print) -> tuple[Vocab, np.ndarray]:
+    """char-rnn's folder: input.txt, preprocessed into input.h5/input.json beside it when stale."""
+    text = os.path.join(data_dir, "input.txt")
+    h5_path, json_path = os.path.join(data_dir, "input.h5"), os.path.join(data_dir, "input.json")
+    if not os.path.isfile(text):
+        raise UserError(f"data folder {data_dir} has no input.txt")
+    stale = not (os.path.exists(h5_path) and os.path.exists(json_path)) or \
+        os.path.getmtime(text) > min(os.path.getmtime(h5_path), os.path.getmtime(json_path))
+    if stale:
+        log(f"one-time setup: preprocessing {text} into {h5_path} and {json_path}")
+        try:
+            preprocess(text, h5_path, json_path, 0.0, 0.0, "utf-8", log=lambda _: None)
+        except DecodeError as error:
+            log(f"notice: {error}; using byte-level tokens, as char-rnn does")
+            preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
+    vocab, splits = read_h5_json(h5_path, json_path)
+    return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # (batch_size, n_batches * seq_length)
+    y: np.ndarray
+    n_batches: int
+    wanted: bool  # the split was asked for, so having no batch is the user's problem
+
+
+def stream_split(ids: np.ndarray, batch_size: int, seq_length: int) -> Split:
+    """torch-rnn's layout: batch_size contiguous streams, y = x shifted by one within the split."""
+    span = batch_size * seq_length
+    n_batches = max(len(ids) - 1, 0) // span
+    used = n_batches * span
+    return Split(ids[:used].reshape(batch_size, -1), ids[1:used + 1].reshape(batch_size, -1), n_batches,
+                 wanted=len(ids) > 0)
+
+
+def char_rnn_splits(ids: np.ndarray, batch_size: int, seq_length: int, train_frac: float,
+                    val_frac: float) -> dict[str, Split]:
+    """char-rnn's CharSplitLMMinibatchLoader: one layout of the whole text, splits as column blocks."""
+    span = batch_size * seq_length
+    n_batches = len(ids) // span
+    data = ids[:n_batches * span]
+    targets = np.roll(data, -1)  # y is x shifted over the whole text; the last target wraps around
+    x, y = data.reshape(batch_size, -1), targets.reshape(batch_size, -1)
+    n_train = int(n_batches * train_frac)
+    test_frac = max(0.0, 1 - (train_frac + val_frac))
+    n_val = n_batches - n_train if test_frac == 0 else int(n_batches * val_frac)
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n_batches)}
+    wanted = {"train": True, "val": val_frac > 0, "test": test_frac > 0}
+    return {name: Split(x[:, lo * seq_length:hi * seq_length], y[:, lo * seq_length:hi * seq_length], hi - lo,
+                        wanted[name])
+            for name, (lo, hi) in bounds.items()}
+
+
+class BatchLoader:
+    """Hands out batches of each split in order, wrapping around; remembers where train is."""
+
+    def __init__(self, splits: dict[str, Split], batch_size: int, seq_length: int):
+        self.splits = splits
+        self.batch_size, self.seq_length = batch_size, seq_length
+        self.position = {name: 0 for name in splits}
+        for name in ("train", "val"):
+            if splits[name].wanted and splits[name].n_batches == 0:
+                raise UserError(f"the {name} split is too small for one batch of {batch_size} x {seq_length} "
+                                f"tokens; use a smaller -batch_size or -seq_length")
+
+    def n_batches(self, split: str) -> int:
+        return self.splits[split].n_batches if split in self.splits else 0
+
+    def batch(self, split: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self.splits[split], self.seq_length
+        x = torch.from_numpy(np.ascontiguousarray(s.x[:, k * t:(k + 1) * t])).long()
+        y = torch.from_numpy(np.ascontiguousarray(s.y[:, k * t:(k + 1) * t])).long()
+        return x, y
+
+    def next_batch(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.position[split]
+        self.position[split] = (k + 1) % self.n_batches(split)
+        return self.batch(split, k)

@@ -1,0 +1,122 @@
+"""Torch7-style command-line options, shared by every script.
+
+`-rnn_size 256` and `--rnn_size 256` (or `--rnn_size=256`) both work. The token after an option
+is always its value, so negative numbers need no quoting (`-gpuid -1`). Each option is typed by
+its default unless a type is given; numbers print like Lua does (`128`, `0.002`).
+"""
+import math
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+from util.errors import UserError
+
+
+def lua_number(value: float) -> str:
+    """Format a number as Lua's print would: integral floats without `.0`."""
+    if isinstance(value, float) and math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.14g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    help: str
+    value_type: type | None = None  # None: the type of the default
+    aliases: tuple[str, ...] = ()
+    required: bool = False
+
+    @property
+    def kind(self) -> type:
+        return self.value_type or type(self.default)
+
+
+@dataclass
+class Parsed:
+    values: SimpleNamespace
+    given: set[str] = field(default_factory=set)  # option names set on the command line
+
+
+def _convert(option: Option, text: str) -> Any:
+    if option.kind is str:
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if option.kind is int:
+        if not math.isfinite(number) or number != int(number):
+            raise UserError(f"option -{option.name} expects an integer, got '{text}'")
+        return int(number)
+    if math.isnan(number) and text.strip().lower() != "nan":
+        raise UserError(f"option -{option.name} expects a number, got '{text}'")
+    return number
+
+
+def format_help(script: str, description: str, options: Sequence[Option], positional: Sequence[tuple[str, str]]) -> str:
+    usage = " ".join([f"python {script}", *(f"<{name}>" for name, _ in positional), "[options]"])
+    lines = [description, "", f"Usage: {usage}", ""]
+    for name, text in positional:
+        lines.append(f"  {name:<28} {text}")
+    lines.append("Options:")
+    for option in options:
+        names = ", ".join(f"-{n}" for n in (option.name, *option.aliases))
+        default = "(required)" if option.required else (
+            f"[{lua_number(option.default)}]" if option.kind is not str else f"[{option.default}]")
+        lines.append(f"  {names:<28} {option.help} {default}")
+    return "\n".join(lines)
+
+
+def parse_options(argv: Sequence[str], script: str, description: str, options: Sequence[Option],
+                  positional: Sequence[tuple[str, str]] = ()) -> Parsed:
+    """Parse argv; print help and exit 0 on -h/-help/--help; raise UserError on anything wrong."""
+    by_name = {n: o for o in options for n in (o.name, *o.aliases)}
+    values = {o.name: o.default for o in options}
+    given: set[str] = set()
+    positional_values: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token in ("-h", "-help", "--help"):
+            print(format_help(script, description, options, positional))
+            sys.exit(0)
+        if not token.startswith("-") or token in ("-", "--") or _looks_numeric(token):
+            positional_values.append(token)
+            continue
+        name, has_inline, inline = token.lstrip("-").partition("=")
+        option = by_name.get(name)
+        if option is None:
+            raise UserError(f"unknown option -{name} (see -help)")
+        if has_inline:
+            text = inline
+        elif i < len(argv):
+            text = argv[i]
+            i += 1
+        else:
+            raise UserError(f"option -{option.name} needs a value")
+        values[option.name] = _convert(option, text)
+        given.add(option.name)
+    if len(positional_values) > len(positional):
+        raise UserError(f"unexpected argument '{positional_values[len(positional)]}' (see -help)")
+    if len(positional_values) < len(positional):
+        raise UserError(f"missing argument <{positional[len(positional_values)][0]}> (see -help)")
+    for (name, _), value in zip(positional, positional_values):
+        values[name] = value
+    for option in options:
+        if option.required and option.name not in given:
+            raise UserError(f"option -{option.name} is required (see -help)")
+    return Parsed(SimpleNamespace(**values), given)
+
+
+def _looks_numeric(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,60 @@
+"""The vocabulary: tokens sorted by value, numbered from 1 in files and from 0 in the model.
+
+Tokens are Unicode code points of the decoded text, or single bytes when the encoding is
+`bytes` (char-rnn's byte-level mode). A byte token is stored as the character with the same
+value (chr(b)), so both kinds live in the same JSON layout as torch-rnn's.
+"""
+from typing import Iterable
+
+from util.errors import UserError
+
+BYTES = "bytes"
+
+
+class Vocab:
+    def __init__(self, tokens: Iterable[str], encoding: str = "utf-8"):
+        self.tokens = list(tokens)
+        self.encoding = encoding
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and (self.tokens, self.encoding) == (other.tokens, other.encoding)
+
+    @property
+    def is_bytes(self) -> bool:
+        return self.encoding == BYTES
+
+    def to_json(self) -> dict:
+        """torch-rnn's layout (ids from 1), plus the encoding."""
+        return {
+            "idx_to_token": {str(i + 1): t for i, t in enumerate(self.tokens)},
+            "token_to_idx": {t: i + 1 for i, t in enumerate(self.tokens)},
+            "encoding": self.encoding,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict, source: str = "vocabulary") -> "Vocab":
+        try:
+            table = obj["idx_to_token"]
+            ids = sorted(int(i) for i in table)
+            tokens = [table[str(i)] for i in ids]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UserError(f"{source} is not a vocabulary file (no valid idx_to_token table)") from None
+        if ids != list(range(1, len(ids) + 1)) or not all(isinstance(t, str) and len(t) == 1 for t in tokens):
+            raise UserError(f"{source}: idx_to_token must map 1..N to single characters")
+        return cls(tokens, obj.get("encoding", "utf-8"))
+
+    def text_to_tokens(self, text: str | bytes) -> list[str]:
+        """Split text into tokens: characters, or for a byte vocabulary the bytes of its encoding."""
+        if self.is_bytes:
+            data = text if isinstance(text, bytes) else text.encode("utf-8")
+            return [chr(b) for b in data]
+        return list(text if isinstance(text, str) else text.decode(self.encoding))
+
+    def token_bytes(self, index: int) -> bytes:
+        """What token `index` (0-based) is on disk or on stdout."""
+        token = self.tokens[index]
+        return bytes([ord(token)]) if self.is_bytes else token.encode(self.encoding, errors="replace")
