@@ -18,6 +18,7 @@ import torch
 
 from util.corpus import DecodeError, preprocess
 from util.errors import UserError
+from util.options import lua_number
 from util.vocab import BYTES, Vocab
 
 SPLITS = ("train", "val", "test")
@@ -74,6 +75,31 @@ def load_data_dir(data_dir: str, log: Callable[[str], None] = print) -> tuple[Vo
             preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
     vocab, splits = read_h5_json(h5_path, json_path)
     return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
+
+
+def data_source(opt, given: set[str]) -> str:
+    """An explicit -data_dir wins; else the HDF5/JSON pair when named or when preprocess.py's default
+    output exists; else char-rnn's bundled folder."""
+    if "data_dir" in given:
+        return "data_dir"
+    if given & {"input_h5", "input_json"} or os.path.exists(opt.input_h5):
+        return "h5"
+    return "data_dir"
+
+
+def load_training_data(opt, source: str, log: Callable[[str], None] = print) -> tuple[Vocab, "BatchLoader"]:
+    """The vocabulary and a loader over `source` ('h5' or 'data_dir') with opt's batch shape."""
+    batch_size, seq_length = opt.batch_size, opt.seq_length
+    if source == "h5":
+        log(f"data: {opt.input_h5} and {opt.input_json} (preprocessed splits)")
+        vocab, ids = read_h5_json(opt.input_h5, opt.input_json)
+        splits = {name: stream_split(split_ids, batch_size, seq_length) for name, split_ids in ids.items()}
+    else:
+        log(f"data: {os.path.join(opt.data_dir, 'input.txt')} (char-rnn splits: train_frac "
+            f"{lua_number(opt.train_frac)}, val_frac {lua_number(opt.val_frac)})")
+        vocab, ids = load_data_dir(opt.data_dir, log)
+        splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)
+    return vocab, BatchLoader(splits, batch_size, seq_length)
 
 
 @dataclass

@@ -23,6 +23,13 @@ class Vocab:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and (self.tokens, self.encoding) == (other.tokens, other.encoding)
 
+    def same_tokens(self, other: "Vocab") -> bool:
+        """Whether ids mean the same thing: equal tokens, and equal encodings unless all are ASCII
+        (where bytes and code points coincide)."""
+        if self.tokens != other.tokens:
+            return False
+        return self.encoding == other.encoding or all(ord(t) < 128 for t in self.tokens)
+
     @property
     def is_bytes(self) -> bool:
         return self.encoding == BYTES

@@ -1,0 +1,96 @@
+"""Generate text from a checkpoint, as char-rnn's sample.lua does.
+
+    python sample.py cv/lm_epoch30.pt -temperature 0.8
+"""
+import sys
+
+import torch
+
+from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
+from util.device import select_device
+from util.errors import UserError, run_main
+from util.options import Option, lua_number, parse_options
+from util.vocab import Vocab
+
+OPTIONS = [
+    Option("seed", 123, "random number generator's seed"),
+    Option("sample", 1, "0 = take the most likely character (argmax), 1 = sample from the distribution"),
+    Option("primetext", "", "text used to prime the hidden state; printed before the generated text"),
+    Option("primefile", "", "read the primetext from this file"),
+    Option("length", 2000, "number of characters to generate, not counting the primetext"),
+    Option("temperature", 1.0, "higher is more diverse, lower more conservative; must be > 0"),
+    Option("skip_unk", 0, "1 = drop primetext characters missing from the vocabulary, with a warning"),
+    Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
+    Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
+    Option("verbose", 1, "0 = print only the generated text; diagnostics go to stderr"),
+]
+
+
+def diagnostic(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prime_tokens(opt, vocab: Vocab) -> list[int]:
+    """The primetext (or the primefile's text) as token indices, unknown characters handled."""
+    text: str | bytes = opt.primetext
+    if opt.primefile:
+        try:
+            with open(opt.primefile, "rb") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise UserError(f"cannot read -primefile {opt.primefile}: {error.strerror}") from None
+    try:
+        tokens = vocab.text_to_tokens(text)
+    except UnicodeDecodeError as error:
+        raise UserError(f"-primefile {opt.primefile} is not valid {vocab.encoding} "
+                        f"(byte offset {error.start})") from None
+    unknown = sorted({t for t in tokens if t not in vocab.index})
+    if unknown:
+        names = " ".join(repr(t) for t in unknown[:20])
+        if not opt.skip_unk:
+            raise UserError(f"the primetext has characters that are not in the model's vocabulary: {names} "
+                            f"(use -skip_unk 1 to drop them)")
+        diagnostic(f"warning: dropping primetext characters not in the vocabulary: {names}")
+    return [vocab.index[t] for t in tokens if t in vocab.index]
+
+
+def main(argv: list[str]) -> None:
+    opt = parse_options(argv, "sample.py", "Sample text from a trained character model.", OPTIONS,
+                        positional=[("checkpoint", "model checkpoint to sample from")]).values
+    if not opt.temperature > 0:
+        raise UserError(f"-temperature must be greater than 0, not {lua_number(opt.temperature)}")
+    if opt.length < 0:
+        raise UserError(f"-length must be 0 or more, not {opt.length}")
+    checkpoint = load_checkpoint(opt.checkpoint)
+    vocab = checkpoint_vocab(checkpoint)
+    prime = prime_tokens(opt, vocab)
+    device = select_device(opt.gpuid, opt.opencl, log=diagnostic)
+    torch.manual_seed(opt.seed)
+    model = model_from_checkpoint(checkpoint, opt.checkpoint).to(device).eval()
+    if opt.verbose:
+        shape = checkpoint["model"]
+        diagnostic(f"loaded {opt.checkpoint}: {shape['model_type']}, {shape['num_layers']} x {shape['rnn_size']}, "
+                   f"vocabulary {len(vocab)}")
+    out = sys.stdout.buffer
+    with torch.inference_mode():
+        state = model.zero_state(1)
+        logits = torch.zeros(1, len(vocab), device=device)  # no primetext: a uniform first character
+        for index in prime:
+            out.write(vocab.token_bytes(index))
+            logits, state = model.step(torch.tensor([index], device=device), state)
+        out.flush()
+        for _ in range(opt.length):
+            if opt.sample:
+                probabilities = torch.softmax(logits / opt.temperature, dim=-1)
+                token = torch.multinomial(probabilities, 1)[:, 0]
+            else:
+                token = logits.argmax(dim=-1)
+            out.write(vocab.token_bytes(token.item()))
+            out.flush()
+            logits, state = model.step(token, state)
+    out.write(b"\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    run_main(main)

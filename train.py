@@ -1,0 +1,294 @@
+"""Train a character-level language model, as char-rnn's train.lua does.
+
+    python train.py -rnn_size 256 -num_layers 2 -gpuid 0
+"""
+import csv
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model import LAYERS, CharRNN
+from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
+                             model_from_checkpoint, save_checkpoint)
+from util.data import BatchLoader, data_source, load_training_data
+from util.device import select_device, set_threads, synchronize
+from util.errors import UserError, run_main
+from util.options import Option, lua_number, parse_options
+
+OPTIONS = [
+    Option("data_dir", "data/tinyshakespeare", "char-rnn style folder with input.txt, preprocessed on first use"),
+    Option("input_h5", "data/input.h5", "token splits written by preprocess.py"),
+    Option("input_json", "data/input.json", "vocabulary written by preprocess.py"),
+    Option("train_frac", 0.95, "fraction of batches for training (with -data_dir)"),
+    Option("val_frac", 0.05, "fraction of batches for validation (with -data_dir)"),
+    Option("rnn_size", 128, "size of the LSTM internal state"),
+    Option("num_layers", 2, "number of layers in the LSTM"),
+    Option("model", "lstm", "lstm, gru or rnn"),
+    Option("learning_rate", 2e-3, "learning rate"),
+    Option("learning_rate_decay", 0.97, "learning rate decay"),
+    Option("learning_rate_decay_after", 10.0, "in number of epochs, when to start decaying the learning rate"),
+    Option("decay_rate", 0.95, "decay rate for rmsprop"),
+    Option("dropout", 0.0, "dropout for regularization, used after each RNN hidden layer. 0 = no dropout"),
+    Option("seq_length", 50, "number of timesteps to unroll for"),
+    Option("batch_size", 50, "number of sequences to train on in parallel"),
+    Option("max_epochs", 50.0, "number of full passes through the training data"),
+    Option("grad_clip", 5.0, "clip gradients at this value"),
+    Option("init_from", "", "initialize network parameters from checkpoint at this path"),
+    Option("resume", "", "continue the run saved in this checkpoint exactly where it stopped"),
+    Option("seed", 123, "torch manual random number generator seed"),
+    Option("print_every", 1, "how many steps/minibatches between printing out the loss"),
+    Option("eval_val_every", 1000, "every how many iterations should we evaluate on validation data?"),
+    Option("checkpoint_dir", "cv", "output directory where checkpoints get written"),
+    Option("savefile", "", "filename to autosave the checkpoint to; cv/lm_<savefile>_epoch<N>.pt"),
+    Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
+    Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
+    Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
+    Option("threads", 0, "CPU threads; 0 = all cores"),
+]
+SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
+DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
+
+
+def check_options(opt) -> None:
+    if opt.model not in LAYERS:
+        raise UserError(f"-model must be lstm, gru or rnn, not '{opt.model}'")
+    for name in ("rnn_size", "num_layers", "seq_length", "batch_size", "max_epochs", "learning_rate",
+                 "grad_clip", "print_every", "eval_val_every"):
+        if getattr(opt, name) <= 0:
+            raise UserError(f"-{name} must be positive, not {lua_number(getattr(opt, name))}")
+    if not 0 <= opt.dropout < 1:
+        raise UserError(f"-dropout must be in [0, 1), not {lua_number(opt.dropout)}")
+    if not (0 <= opt.train_frac <= 1 and 0 <= opt.val_frac <= 1 and opt.train_frac + opt.val_frac <= 1):
+        raise UserError("-train_frac and -val_frac must be in [0, 1] and sum to at most 1")
+    if opt.init_from and opt.resume:
+        raise UserError("use either -init_from (new run from weights) or -resume (continue a run), not both")
+
+
+def resumed_options(parsed, checkpoint: dict):
+    """The checkpoint's options, overridden by those given now; shape and data may not change."""
+    opt = parsed.values
+    saved = checkpoint["opt"]
+    for name in SHAPE_OPTIONS + DATA_OPTIONS:
+        if name in parsed.given and getattr(opt, name) != saved.get(name):
+            raise UserError(f"-{name} {lua_number(getattr(opt, name))} conflicts with the checkpoint's "
+                            f"{lua_number(saved.get(name))}; -resume continues the same model on the same data")
+    for name, value in saved.items():
+        if name not in parsed.given and name != "resume":
+            setattr(opt, name, value)
+    return opt
+
+
+def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device) -> float:
+    """Mean loss over a whole split, from a zero state carried across its batches."""
+    was_training = model.training
+    model.eval()
+    state = model.zero_state(loader.batch_size)
+    total = 0.0
+    with torch.no_grad():
+        for k in range(loader.n_batches(split)):
+            x, y = (t.to(device) for t in loader.batch(split, k))
+            logits, state = model(x, state)
+            total += F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1)).item()
+    model.train(was_training)
+    return total / loader.n_batches(split)
+
+
+def to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_cpu(v) for v in value]
+    return value
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: finish the step, save, exit. A second signal exits at once (checkpoints
+    are renamed into place whole, so nothing on disk is half-written)."""
+
+    def __init__(self):
+        self.signal_number = 0
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, _frame):
+        if self.signal_number:
+            os._exit(128 + number)
+        self.signal_number = number
+        print(f"\n{signal.Signals(number).name} received: saving a checkpoint after this step "
+              f"(send it again to quit at once)", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parsed = parse_options(argv, "train.py", "Train a character-level language model.", OPTIONS)
+    resume = load_checkpoint(parsed.values.resume) if parsed.values.resume else None
+    if resume is not None and "resume" not in resume:
+        raise UserError(f"{parsed.values.resume} holds weights only (no training state); use -init_from")
+    opt = resumed_options(parsed, resume) if resume else parsed.values
+    check_options(opt)
+    set_threads(opt.threads)
+    torch.manual_seed(opt.seed)
+    device = select_device(opt.gpuid, opt.opencl)
+    source = resume["opt"]["data_source"] if resume else data_source(opt, parsed.given)
+    opt.data_source = source
+    vocab, loader = load_training_data(opt, source)
+
+    if resume or opt.init_from:
+        start = resume or load_checkpoint(opt.init_from)
+        start_path = opt.resume or opt.init_from
+        if not checkpoint_vocab(start).same_tokens(vocab):
+            raise UserError(f"the vocabulary of {start_path} ({len(start['vocab']['tokens'])} tokens) differs "
+                            f"from the data's ({len(vocab)} tokens)")
+        model = model_from_checkpoint(start, start_path, dropout=opt.dropout)
+        for name in SHAPE_OPTIONS:  # the checkpoint's shape wins, as in char-rnn
+            setattr(opt, name, start["model"]["model_type" if name == "model" else name])
+        print(f"loaded the model from {start_path}: {model.model_type}, {model.num_layers} x {model.rnn_size}")
+    else:
+        model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
+        model.initialize()
+    model.to(device)
+    params = list(model.parameters())
+
+    ntrain = loader.n_batches("train")
+    print(f"vocab size: {len(vocab)}")
+    print(f"batches: train {ntrain}, val {loader.n_batches('val')}, test {loader.n_batches('test')}")
+    if ntrain < 50:
+        print("warning: fewer than 50 training batches; consider a smaller -batch_size or -seq_length")
+    print(f"number of parameters in the model: {sum(p.numel() for p in params)}")
+
+    optimizer = torch.optim.RMSprop(params, lr=opt.learning_rate, alpha=opt.decay_rate, eps=1e-8)
+    iterations = int(opt.max_epochs * ntrain)
+    state = model.zero_state(opt.batch_size)
+    train_losses, val_losses = [], []
+    first_iteration, loss0, seconds, last_saved = 1, None, 0.0, None
+    if resume:
+        saved = resume["resume"]
+        optimizer.load_state_dict(saved["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = opt.learning_rate if "learning_rate" in parsed.given else saved["learning_rate"]
+        loader.position["train"] = saved["loader_position"]
+        state = tuple(part.to(device) for part in saved["hidden"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        train_losses, val_losses = list(resume["train_losses"]), [list(v) for v in resume["val_losses"]]
+        first_iteration, loss0, seconds = resume["iteration"] + 1, saved["loss0"], saved["seconds"]
+        last_saved = opt.resume
+        print(f"resuming at iteration {first_iteration} of {iterations}")
+
+    os.makedirs(opt.checkpoint_dir, exist_ok=True)
+    log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
+
+    def save(iteration: int, val_loss: float | None) -> str:
+        path = checkpoint_path(opt.checkpoint_dir, opt.savefile, iteration, ntrain)
+        save_checkpoint(path, {
+            "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),
+            "vocab": {"tokens": vocab.tokens, "encoding": vocab.encoding}, "opt": dict(vars(opt)),
+            "iteration": iteration, "epoch": iteration / ntrain, "train_losses": train_losses,
+            "val_losses": val_losses, "val_loss": val_loss,
+            "resume": {"optimizer": to_cpu(optimizer.state_dict()),
+                       "learning_rate": optimizer.param_groups[0]["lr"],
+                       "loader_position": loader.position["train"], "hidden": to_cpu(state),
+                       "rng": torch.get_rng_state(),
+                       "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                       "loss0": loss0, "seconds": seconds},
+        })
+        return path
+
+    def abort(message: str) -> int:
+        print(message)
+        print(f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet")
+        return 1
+
+    stop = StopRequest()
+    model.train()
+    for i in range(first_iteration, iterations + 1):
+        started = time.perf_counter()
+        x, y = (t.to(device) for t in loader.next_batch("train"))
+        logits, state = model(x, state)
+        state = tuple(part.detach() for part in state)  # carry the state, not its history
+        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        (loss * opt.seq_length).backward()  # the gradient of the sum over time steps
+        torch.nn.utils.clip_grad_value_(params, opt.grad_clip)
+        train_loss = loss.item()
+        if train_loss != train_loss:
+            return abort(f"loss is NaN at iteration {i}: stopping before the weights are updated.")
+        loss0 = train_loss if loss0 is None else loss0
+        if train_loss > loss0 * 3:
+            return abort("loss is exploding, aborting.")
+        if i % opt.print_every == 0:
+            norm_ratio = (torch.stack([p.grad.norm() for p in params]).norm() /
+                          torch.stack([p.detach().norm() for p in params]).norm()).item()
+        optimizer.step()
+        if opt.accurate_gpu_timing:
+            synchronize(device)
+        elapsed = time.perf_counter() - started
+        seconds += elapsed
+        train_losses.append(train_loss)
+        epoch = i / ntrain
+        if i % opt.print_every == 0:
+            print(f"{i}/{iterations} (epoch {epoch:.3f}), train_loss = {train_loss:6.8f}, "
+                  f"grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s", flush=True)
+
+        if i % ntrain == 0 and opt.learning_rate_decay < 1 and epoch >= opt.learning_rate_decay_after:
+            for group in optimizer.param_groups:
+                group["lr"] *= opt.learning_rate_decay
+            print(f"decayed learning rate by a factor {lua_number(opt.learning_rate_decay)} "
+                  f"to {lua_number(optimizer.param_groups[0]['lr'])}")
+
+        val_loss = None
+        if i % opt.eval_val_every == 0 or i % ntrain == 0 or i == iterations:
+            if loader.n_batches("val"):
+                val_loss = evaluate_split(model, loader, "val", device)
+                val_losses.append([i, val_loss])
+                print(f"validation loss at epoch {epoch:.2f}: {val_loss:.4f}")
+            last_saved = save(i, val_loss)
+            print(f"saved checkpoint {last_saved}", flush=True)
+        log.append(i, epoch, train_loss, val_loss, optimizer.param_groups[0]["lr"], seconds)
+
+        if stop.signal_number:
+            if last_saved != checkpoint_path(opt.checkpoint_dir, opt.savefile, i, ntrain):
+                last_saved = save(i, None)
+            print(f"stopped at iteration {i}; checkpoint {last_saved}; continue with: "
+                  f"python train.py -resume {last_saved}", flush=True)
+            return 128 + stop.signal_number
+    return 0
+
+
+class TrainingLog:
+    """cv/<prefix>log.csv, one row per iteration; a resumed run drops rows past its checkpoint."""
+    HEADER = ["iteration", "epoch", "train_loss", "val_loss", "learning_rate", "seconds"]
+
+    def __init__(self, path: str, keep_until: int):
+        self.path = path
+        try:
+            rows = []
+            if keep_until > 0 and os.path.exists(path):
+                with open(path, newline="") as handle:
+                    rows = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= keep_until]
+            with open(path, "w", newline="") as handle:
+                csv.writer(handle).writerows([self.HEADER, *rows])
+            self.handle = open(path, "a", newline="")
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot write the training log {path}: {error}") from None
+        self.writer = csv.writer(self.handle)
+
+    def append(self, iteration: int, epoch: float, train_loss: float, val_loss: float | None,
+               learning_rate: float, seconds: float) -> None:
+        try:
+            self.writer.writerow([iteration, f"{epoch:.4f}", f"{train_loss:.8f}",
+                                  "" if val_loss is None else f"{val_loss:.8f}", f"{learning_rate:.6g}",
+                                  f"{seconds:.3f}"])
+            self.handle.flush()
+        except OSError as error:
+            raise UserError(f"cannot write the training log {self.path}: {error.strerror}") from None
+
+
+if __name__ == "__main__":
+    run_main(main)

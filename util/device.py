@@ -1,0 +1,37 @@
+"""Where tensors live: -gpuid N picks CUDA N, else Apple's MPS, else the CPU with a notice."""
+import os
+from typing import Callable
+
+import torch
+
+from util.errors import UserError
+
+
+def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print) -> torch.device:
+    if opencl:
+        log("notice: there is no OpenCL backend in PyTorch; -opencl 1 is treated as -gpuid")
+    if gpuid < 0:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if gpuid >= count:
+            raise UserError(f"-gpuid {gpuid} asks for CUDA device {gpuid}, but there are {count} (0..{count - 1})")
+        torch.cuda.set_device(gpuid)
+        return torch.device("cuda", gpuid)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    log("notice: no GPU found (neither CUDA nor MPS); running on the CPU. Use -gpuid -1 to ask for the CPU.")
+    return torch.device("cpu")
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for PyTorch's kernels: all cores when threads is 0."""
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer reads the real time of a batch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
