@@ -13,7 +13,7 @@ OPTIONS = [
     Option("val_frac", 0.05, "fraction of tokens for validation"),
     Option("test_frac", 0.0, "fraction of tokens for test"),
     Option("encoding", "utf-8", "text codec; 'bytes' = one token per byte (any file)"),
-    Option("quiet", 0, "1 = no progress output"),
+    Option("quiet", 0, "no progress output (a flag: -quiet alone means 1)", value_type=bool),
 ]
 
 

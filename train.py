@@ -15,7 +15,7 @@ from model import LAYERS, CharRNN
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
-from util.device import select_device, set_threads, synchronize
+from util.device import configure_cpu, select_device, synchronize
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
 
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"{parsed.values.resume} holds weights only (no training state); use -init_from")
     opt = resumed_options(parsed, resume) if resume else parsed.values
     check_options(opt)
-    set_threads(opt.threads)
+    configure_cpu(opt.threads)
     torch.manual_seed(opt.seed)
     device = select_device(opt.gpuid, opt.opencl)
     source = resume["opt"]["data_source"] if resume else data_source(opt, parsed.given)
@@ -163,6 +163,9 @@ def main(argv: list[str]) -> int:
 
     optimizer = torch.optim.RMSprop(params, lr=opt.learning_rate, alpha=opt.decay_rate, eps=1e-8)
     iterations = int(opt.max_epochs * ntrain)
+    if iterations == 0:
+        raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
+                        f"{ntrain} per epoch")
     state = model.zero_state(opt.batch_size)
     train_losses, val_losses = [], []
     first_iteration, loss0, seconds, last_saved = 1, None, 0.0, None
@@ -185,6 +188,9 @@ def main(argv: list[str]) -> int:
     log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
 
     def save(iteration: int, val_loss: float | None) -> str:
+        if not all(torch.isfinite(p).all() for p in params):
+            raise UserError(f"the weights became NaN or infinite at iteration {iteration} (is -learning_rate "
+                            f"too high?); not saving them. The last good checkpoint is {last_saved or 'none'}")
         path = checkpoint_path(opt.checkpoint_dir, opt.savefile, iteration, ntrain)
         save_checkpoint(path, {
             "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),

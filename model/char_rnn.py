@@ -62,9 +62,22 @@ class CharRNN(nn.Module):
         return self.decoder(self.dropout(top)), state
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One character per stream (sampling): tokens (batch,) -> logits (batch, vocab)."""
-        top, state = self._run_layers(tokens[:, None], state)
-        return self.decoder(self.dropout(top[:, 0])), state
+        """One character per stream (sampling): tokens (batch,) -> logits (batch, vocab).
+
+        forward_steps' arithmetic for one time step (layer 1's one-hot product as a gather), with
+        no time axis: at batch 1 a step costs about as much per PyTorch call as per product, and
+        this makes a quarter fewer calls than _run_layers on a one-step sequence."""
+        layer_input, new_state = None, []
+        for n, layer in enumerate(self.layers):
+            sums = self.embed(tokens) if n == 0 else layer.i2h(self._drop(layer_input))
+            layer_state = layer.step(sums, tuple(part[n] for part in state))
+            layer_input = layer_state[0]
+            new_state.append(layer_state)
+        return self.decoder(self._drop(layer_input)), tuple(torch.stack(parts) for parts in zip(*new_state))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """self.dropout, skipped outside training where it is the identity (one call less per layer)."""
+        return self.dropout(x) if self.training else x
 
     def forward_steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """The plain per-step graph of char-rnn, one-hot input included: the reference that the

@@ -6,7 +6,6 @@ Torch7 char-rnn checkpoints (.t7) load through util.torch7 into the same layout.
 """
 import os
 import pickle
-import zipfile
 
 import torch
 
@@ -15,6 +14,7 @@ from util.errors import UserError
 from util.vocab import Vocab
 
 FORMAT = "char-rnn-pytorch 1"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def checkpoint_path(checkpoint_dir: str, savefile: str, iteration: int, iterations_per_epoch: int) -> str:
@@ -60,14 +60,17 @@ def load_checkpoint(path: str) -> dict:
     if path.endswith(".t7"):
         checkpoint = _load_torch7(path)
     else:
+        with open(path, "rb") as handle:
+            if handle.read(4) != ZIP_MAGIC:  # torch.save's format is a zip archive
+                raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-            raise UserError(f"{path} is not a safe checkpoint; refusing to load it ({first_line[:200]})") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-            raise UserError(f"{path} is not a readable checkpoint (truncated or not a checkpoint): "
-                            f"{str(error).splitlines()[0][:200] if str(error) else type(error).__name__}") from None
+        except pickle.UnpicklingError:
+            raise UserError(f"{path} holds objects other than tensors and plain data; refusing to load it, "
+                            f"since unpickling them could run code from the file") from None
+        except Exception as error:  # torch.load reports damaged files with many exception types
+            raise UserError(f"{path} is not a readable checkpoint (truncated or damaged: "
+                            f"{type(error).__name__})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not a char-rnn checkpoint")
     for name, tensor in checkpoint["state_dict"].items():
@@ -81,7 +84,7 @@ def _load_torch7(path: str) -> dict:
     try:
         t7 = load_char_rnn_checkpoint(path)
     except ValueError as error:
-        raise UserError(f"{path}: {error}") from None
+        raise UserError(str(error)) from None
     return {
         "format": FORMAT,
         "model": {"model_type": t7["model_type"], "vocab_size": len(t7["tokens"]), "rnn_size": t7["rnn_size"],

@@ -74,6 +74,8 @@ def load_data_dir(data_dir: str, log: Callable[[str], None] = print) -> tuple[Vo
             log(f"notice: {error}; using byte-level tokens, as char-rnn does")
             preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
     vocab, splits = read_h5_json(h5_path, json_path)
+    if vocab.is_bytes and not stale:
+        log(f"notice: {text} is not valid UTF-8; using byte-level tokens, as char-rnn does")
     return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
 
 

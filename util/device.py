@@ -24,9 +24,13 @@ def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = prin
     return torch.device("cpu")
 
 
-def set_threads(threads: int) -> None:
-    """CPU threads for PyTorch's kernels: all cores when threads is 0."""
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+def configure_cpu(threads: int) -> None:
+    """CPU threads for PyTorch's kernels (0 = every core this process may use), and denormals
+    flushed to zero from the start: oneDNN's kernels switch that mode on at their first call, so
+    without this a run's numbers would depend on whether such a call came earlier in the process,
+    and a resumed run would drift from an uninterrupted one in the last bits."""
+    torch.set_num_threads(threads if threads > 0 else len(os.sched_getaffinity(0)))
+    torch.set_flush_denormal(True)
 
 
 def synchronize(device: torch.device) -> None:

@@ -45,6 +45,12 @@ class Parsed:
 def _convert(option: Option, text: str) -> Any:
     if option.kind is str:
         return text
+    if option.kind is bool:
+        if text not in ("0", "1"):
+            raise UserError(f"option -{option.name} is a flag: give it alone, or with 0 or 1, not '{text}'")
+        return int(text)
+    if option.kind is int and text.strip().lstrip("+-").isdigit():
+        return int(text)  # exact, even beyond a double's 53 bits
     try:
         number = float(text)
     except ValueError:
@@ -67,7 +73,7 @@ def format_help(script: str, description: str, options: Sequence[Option], positi
     for option in options:
         names = ", ".join(f"-{n}" for n in (option.name, *option.aliases))
         default = "(required)" if option.required else (
-            f"[{lua_number(option.default)}]" if option.kind is not str else f"[{option.default}]")
+            f"[{option.default}]" if option.kind is str else f"[{lua_number(option.default)}]")
         lines.append(f"  {names:<28} {option.help} {default}")
     return "\n".join(lines)
 
@@ -95,6 +101,10 @@ def parse_options(argv: Sequence[str], script: str, description: str, options: S
             raise UserError(f"unknown option -{name} (see -help)")
         if has_inline:
             text = inline
+        elif option.kind is bool:  # a flag: `-quiet` alone means 1, `-quiet 0` still works
+            takes_value = i < len(argv) and argv[i] in ("0", "1")
+            text = argv[i] if takes_value else "1"
+            i += takes_value
         elif i < len(argv):
             text = argv[i]
             i += 1

@@ -23,6 +23,7 @@ Windows and 32-bit builds; the file does not say which, so both are tried (see `
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import sys
@@ -152,7 +153,7 @@ class _Reader:
 
     def torch_object(self, index: int) -> object:
         name = self.string()
-        if name.startswith("V "):  # as torch.File:readObject: a version string, then the name
+        if _is_version(name):  # else the file predates versions and this was the class name
             name = self.string()
         match = _ARRAY_CLASS.fullmatch(name)
         if match and (match[1] or match[2]):
@@ -196,6 +197,17 @@ class _Reader:
         return view.copy()  # C-contiguous and independent of other views of the storage
 
 
+def _is_version(text: str) -> bool:
+    """Whether torch.File:readObject takes `text` for a version: "V " and a number."""
+    if not text.startswith("V "):
+        return False
+    try:
+        float(text[2:])
+    except ValueError:
+        return False
+    return True
+
+
 def _table_key(key: object, reader: _Reader) -> object:
     if key is None:
         raise reader.fail("table key is nil")
@@ -206,7 +218,7 @@ def _table_key(key: object, reader: _Reader) -> object:
     return key
 
 
-def read_t7(path: str) -> object:
+def read_t7(path: str | os.PathLike) -> object:
     """Read a Torch7 binary file (``torch.save`` default mode).
 
     Numbers are floats (integral table keys are ints), strings are str (latin-1: one char per
@@ -233,3 +245,252 @@ def read_t7(path: str) -> object:
     # Report the guess that got further: its error is the one about the file, not the guess.
     error = max(errors, key=lambda e: e.pos)
     raise ValueError(f"{path}: not a readable Torch7 file: {error.message} (at byte {error.pos})")
+
+
+def _array_part(table: object) -> list:
+    """The values of a Lua table's keys 1..n (its "array part"), in order."""
+    if not isinstance(table, dict):
+        return []
+    values = []
+    while len(values) + 1 in table:
+        values.append(table[len(values) + 1])
+    return values
+
+
+def _tokens(vocab: object, path: str | os.PathLike) -> list[str]:
+    """char-rnn's vocab table {char: index 1..V} as the list of chars by 0-based index."""
+    if not isinstance(vocab, dict) or not vocab:
+        raise ValueError(f"{path}: the vocabulary is not a non-empty table")
+    tokens: list = [None] * len(vocab)
+    for char, index in vocab.items():
+        if not (isinstance(char, str) and len(char) == 1 and isinstance(index, float)
+                and index.is_integer() and 1 <= index <= len(vocab) and tokens[int(index) - 1] is None):
+            raise ValueError(f"{path}: the vocabulary is not a map from single bytes to 1..{len(vocab)}")
+        tokens[int(index) - 1] = char
+    return tokens
+
+
+def load_char_rnn_vocab(path: str | os.PathLike) -> list[str]:
+    """char-rnn's vocab.t7 loader cache as a token list: our index k is char-rnn's k+1."""
+    return _tokens(read_t7(path), path)
+
+
+def load_char_rnn_data(path: str | os.PathLike) -> np.ndarray:
+    """char-rnn's data.t7 loader cache (a ByteTensor of 1-based vocabulary indices) as a uint8
+    array of our 0-based token indices."""
+    data = read_t7(path)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1
+            and (data.size == 0 or data.min() >= 1)):
+        raise ValueError(f"{path} is not a char-rnn data.t7 (a ByteTensor of indices from 1)")
+    return data - 1
+
+
+class _ForwardGraph:
+    """The forward graph of an nngraph gModule, navigated by module class names.
+
+    ``gModule.forwardnodes`` lists the forward graph's nodes; there a node's ``children`` are the
+    nodes that consume its output. ``gModule.outnode`` (a backward-graph node that shares its
+    ``data`` table with its forward twin) lists the gModule's outputs in order in
+    ``data.mapindex``."""
+
+    def __init__(self, gmodule: TorchObject, describe: str) -> None:
+        self.describe = describe
+        fields = gmodule.attrs if isinstance(gmodule.attrs, dict) else {}
+        nodes = _array_part(fields.get("forwardnodes"))
+        if not nodes or not all(isinstance(n, TorchObject) and isinstance(n.attrs, dict) for n in nodes):
+            raise self.error("has no forward nodes")
+        self.consumers = {n: _array_part(n.attrs.get("children")) for n in nodes}
+        self.producers: dict[TorchObject, list[TorchObject]] = {n: [] for n in nodes}
+        for node, consumers in self.consumers.items():
+            for consumer in consumers:
+                self.producers.setdefault(consumer, []).append(node)
+        by_data = {id(n.attrs.get("data")): n for n in nodes}
+        outnode = fields.get("outnode")
+        out_data = outnode.attrs.get("data") if isinstance(outnode, TorchObject) else None
+        out_data = out_data if isinstance(out_data, dict) else {}
+        self.outputs = [by_data.get(id(data)) for data in _array_part(out_data.get("mapindex"))]
+        if None in self.outputs:
+            raise self.error("has outputs outside its forward graph")
+
+    def error(self, problem: str) -> ValueError:
+        return ValueError(f"{self.describe} {problem}")
+
+    @staticmethod
+    def module(node: TorchObject) -> TorchObject | None:
+        data = node.attrs.get("data")
+        module = data.get("module") if isinstance(data, dict) else None
+        return module if isinstance(module, TorchObject) else None
+
+    def kind(self, node: TorchObject) -> str | None:
+        module = self.module(node)
+        return module.typename if module else None
+
+    def nodes_of_kind(self, kind: str) -> list[TorchObject]:
+        return [n for n in self.consumers if self.kind(n) == kind]
+
+    def consumers_of_kind(self, node: TorchObject, kind: str) -> list[TorchObject]:
+        """The consumers of a node's output that are `kind` modules, looking through nn.Dropout
+        (which char-rnn puts between layers when dropout > 0)."""
+        found = []
+        for consumer in self.consumers.get(node, []):
+            if self.kind(consumer) == "nn.Dropout":
+                found += self.consumers_of_kind(consumer, kind)
+            elif self.kind(consumer) == kind:
+                found.append(consumer)
+        return found
+
+    def only(self, nodes: list[TorchObject], what: str) -> TorchObject:
+        if len(nodes) != 1:
+            raise self.error(f"has {len(nodes)} {what}, expected 1")
+        return nodes[0]
+
+    def sum_partner(self, linear: TorchObject) -> tuple[TorchObject, TorchObject]:
+        """For char-rnn's ``CAddTable{Linear(x), Linear(h)}``: the sum node and the other Linear."""
+        total = self.only(self.consumers_of_kind(linear, "nn.CAddTable"), "sums of a Linear")
+        others = [p for p in self.producers[total] if p is not linear]
+        partner = self.only(others, "terms added to a Linear")
+        if self.kind(partner) != "nn.Linear":
+            raise self.error(f"adds a {self.kind(partner)} to a Linear where char-rnn adds a Linear")
+        return total, partner
+
+    def linear(self, node: TorchObject, shape: tuple[int, int],
+               name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A Linear node's (weight, bias); `name` is checked against its nngraph annotation."""
+        annotations = node.attrs["data"].get("annotations")
+        label = annotations.get("name") if isinstance(annotations, dict) else None
+        if name is not None and label is not None and label != name:
+            raise self.error(f"has Linear '{label}' where '{name}' was expected")
+        fields = self.module(node).attrs
+        weight = fields.get("weight") if isinstance(fields, dict) else None
+        if not isinstance(weight, np.ndarray) or weight.shape != shape:
+            raise self.error(f"has a Linear weight of shape {getattr(weight, 'shape', None)} where "
+                             f"{shape} was expected")
+        bias = fields.get("bias")
+        if bias is None:  # nn.Linear(in, out, false)
+            bias = np.zeros(shape[0])
+        if not isinstance(bias, np.ndarray) or bias.shape != shape[:1]:
+            raise self.error(f"has a Linear bias that does not match its weight {shape}")
+        return weight, bias
+
+
+def _lstm_layer(graph: _ForwardGraph, x: TorchObject, layer: int, shape: tuple[int, int]) -> dict:
+    # model/LSTM.lua: CAddTable{Linear i2h_L(x), Linear h2h_L(prev_h)} -> Reshape(4, H): gates
+    # in, forget, out, candidate, which is this project's order too.
+    i2h = graph.only(graph.consumers_of_kind(x, "nn.Linear"), f"Linears reading layer {layer + 1}")
+    _, h2h = graph.sum_partner(i2h)
+    hidden = shape[0] // 4
+    return {"i2h": graph.linear(i2h, shape, f"i2h_{layer + 1}"),
+            "h2h": graph.linear(h2h, (4 * hidden, hidden), f"h2h_{layer + 1}")}
+
+
+def _gru_layer(graph: _ForwardGraph, x: TorchObject, layer: int, shape: tuple[int, int]) -> dict:
+    # model/GRU.lua: three Linears read x, each added to a Linear of prev_h (or of r * prev_h):
+    #   z = Sigmoid(sum), which also feeds MulConstant(-1) (for 1 - z),
+    #   r = Sigmoid(sum), which feeds CMulTable{r, prev_h} -> Linear W_h,
+    #   candidate = Tanh(sum), where the Linear added to W_x is that W_h.
+    hidden = shape[0] // 3
+    pairs: dict[str, list] = {"z": [], "r": [], "candidate": []}
+    w_h = None
+    for w_x in graph.consumers_of_kind(x, "nn.Linear"):
+        total, partner = graph.sum_partner(w_x)
+        sigmoids = graph.consumers_of_kind(total, "nn.Sigmoid")
+        if graph.consumers_of_kind(total, "nn.Tanh"):
+            role = "candidate"
+        elif len(sigmoids) == 1 and graph.consumers_of_kind(sigmoids[0], "nn.MulConstant"):
+            role = "z"
+        else:
+            role = "r"
+            gate = graph.only(sigmoids, f"reset gates in layer {layer + 1}")
+            product = graph.only(graph.consumers_of_kind(gate, "nn.CMulTable"), "reset products")
+            w_h = graph.only(graph.consumers_of_kind(product, "nn.Linear"), "Linears of r * prev_h")
+        pairs[role].append((w_x, partner))
+    if any(len(found) != 1 for found in pairs.values()) or pairs["candidate"][0][1] is not w_h:
+        raise graph.error(f"does not have char-rnn's GRU structure in layer {layer + 1}")
+    (zx, zh), (rx, rh), (cx, ch) = (  # in the order z, r, candidate
+        (graph.linear(w_x, (hidden, shape[1])), graph.linear(partner, (hidden, hidden)))
+        for [(w_x, partner)] in pairs.values())
+    return {"i2h": tuple(np.concatenate(blocks) for blocks in zip(zx, rx, cx)),
+            "h2h": tuple(np.concatenate(blocks) for blocks in zip(zh, rh)),
+            "h2h_candidate": ch}
+
+
+def _rnn_layer(graph: _ForwardGraph, x: TorchObject, layer: int, shape: tuple[int, int]) -> dict:
+    # model/RNN.lua: Tanh(CAddTable{Linear(x), Linear(prev_h)}).
+    i2h = graph.only(graph.consumers_of_kind(x, "nn.Linear"), f"Linears reading layer {layer + 1}")
+    _, h2h = graph.sum_partner(i2h)
+    return {"i2h": graph.linear(i2h, shape), "h2h": graph.linear(h2h, (shape[0], shape[0]))}
+
+
+# model type -> (layer converter, row blocks of a layer's i2h, gModule outputs per layer:
+# LSTM layers output c and h, the others h)
+_MODELS = {"lstm": (_lstm_layer, 4, 2), "gru": (_gru_layer, 3, 1), "rnn": (_rnn_layer, 1, 1)}
+
+
+def _plain(value: object) -> object:
+    # Lua numbers are all doubles; options such as seq_length are counts, so integral ones
+    # become ints.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def load_char_rnn_checkpoint(path: str | os.PathLike) -> dict:
+    """Convert a karpathy/char-rnn checkpoint (``lm_*.t7``) to this project's layout.
+
+    The Linear modules are told apart by their place in the nngraph gModule that char-rnn's
+    model/{LSTM,GRU,RNN}.lua build, not by shapes or module order. Raises ValueError if the file
+    is not a readable char-rnn checkpoint.
+    """
+    checkpoint = read_t7(path)
+    fields = checkpoint if isinstance(checkpoint, dict) else {}
+    protos, opt = fields.get("protos"), fields.get("opt")
+    rnn = protos.get("rnn") if isinstance(protos, dict) else None
+    if not (isinstance(rnn, TorchObject) and rnn.typename == "nn.gModule" and isinstance(opt, dict)
+            and "vocab" in fields):
+        raise ValueError(f"{path} is not a char-rnn checkpoint (it lacks protos.rnn, opt or vocab)")
+    model_type = opt.get("model")
+    if model_type not in _MODELS:
+        raise ValueError(f"{path}: unsupported char-rnn model type {model_type!r}")
+    convert_layer, blocks, outputs_per_layer = _MODELS[model_type]
+    tokens = _tokens(fields["vocab"], path)
+    hidden, num_layers = _plain(opt.get("rnn_size")), _plain(opt.get("num_layers"))
+    if not (isinstance(hidden, int) and isinstance(num_layers, int) and hidden > 0 and num_layers > 0):
+        raise ValueError(f"{path}: bad char-rnn rnn_size {hidden!r} or num_layers {num_layers!r}")
+    graph = _ForwardGraph(rnn, f"{path}: the char-rnn {model_type} graph")
+    if len(graph.outputs) != outputs_per_layer * num_layers + 1:
+        raise graph.error(f"has {len(graph.outputs)} outputs, not those of {num_layers} layers")
+
+    # Layer 1 reads OneHot(token); layer L > 1 reads layer L-1's new h, the last of its outputs.
+    x = graph.only(graph.nodes_of_kind("OneHot"), "OneHot modules")
+    state: dict[str, np.ndarray] = {}
+    for layer in range(num_layers):
+        shape = (blocks * hidden, len(tokens) if layer == 0 else hidden)
+        for name, (weight, bias) in convert_layer(graph, x, layer, shape).items():
+            state[f"layers.{layer}.{name}.weight"] = weight
+            state[f"layers.{layer}.{name}.bias"] = bias
+        x = graph.outputs[outputs_per_layer * (layer + 1) - 1]
+    # The last output is LogSoftMax(decoder(top h)).
+    if graph.kind(graph.outputs[-1]) != "nn.LogSoftMax":
+        raise graph.error("does not end in LogSoftMax")
+    decoder = graph.only(graph.producers[graph.outputs[-1]], "inputs of the LogSoftMax")
+    if decoder not in graph.consumers_of_kind(x, "nn.Linear"):
+        raise graph.error("does not decode the top layer's h")
+    state["decoder.weight"], state["decoder.bias"] = graph.linear(
+        decoder, (len(tokens), hidden), "decoder")
+
+    val_losses = fields.get("val_losses")
+    return {
+        "model_type": model_type,
+        "rnn_size": hidden,
+        "num_layers": num_layers,
+        "dropout": float(opt.get("dropout", 0.0)),  # char-rnn had no dropout before the option
+        "tokens": tokens,
+        "encoding": "bytes",
+        "state_dict": {name: torch.from_numpy(np.ascontiguousarray(value, np.float32))
+                       for name, value in state.items()},
+        "opt": {key: _plain(value) for key, value in opt.items()},
+        "iteration": int(fields.get("i", 0)),
+        "epoch": float(fields.get("epoch", 0.0)),
+        "val_loss": fields.get("val_loss"),
+        "train_losses": _array_part(fields.get("train_losses")),
+        # keyed by the iteration each was measured at, which is a multiple of eval_val_every
+        "val_losses": [val_losses[i] for i in sorted(val_losses)] if isinstance(val_losses, dict) else [],
+    }

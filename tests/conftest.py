@@ -1,0 +1,98 @@
+"""Shared test helpers.
+
+Import the plain helpers from any test file with
+
+    from conftest import REPO, run_script, assert_user_error, read_outputs, decode_outputs
+
+(pytest puts tests/ on sys.path), and request `tiny_text` / `tiny_file` as fixtures.
+Everything runs on the CPU; subprocesses use the interpreter running the tests.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+"""The repository root (the folder holding preprocess.py, train.py, ...)."""
+
+if str(REPO) not in sys.path:  # so `import util.corpus` works however pytest was started
+    sys.path.insert(0, str(REPO))
+
+TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+"""A short ASCII text with a newline-heavy layout like tiny Shakespeare (76 characters)."""
+
+
+def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python REPO/script *args` as a user would and return the CompletedProcess.
+
+    stdout/stderr are captured as text (UTF-8). `cwd` defaults to the repository root: pass a
+    temporary folder whenever the script could write to a default path (data/input.h5, cv/).
+    `env` entries are added to a copy of os.environ. Never raises on a non-zero exit status.
+    """
+    full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=str(cwd or REPO),
+                          capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, env=full_env)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Check a script failed the user-facing way: status 1, one stderr line starting 'Error:',
+    no traceback, and every fragment (case-sensitive) in that line. Returns the line."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def read_outputs(h5_path: str | os.PathLike, json_path: str | os.PathLike) -> tuple[dict, dict]:
+    """The raw contents of a preprocess.py output pair: ({split: ndarray}, parsed JSON)."""
+    import h5py
+
+    with open(json_path, encoding="utf-8") as handle:
+        vocab = json.load(handle)
+    with h5py.File(h5_path, "r") as h5:
+        splits = {name: h5[name][()] for name in h5}
+    return splits, vocab
+
+
+def decode_outputs(h5_path: str | os.PathLike, json_path: str | os.PathLike) -> str | bytes:
+    """train + val + test mapped back through the JSON's idx_to_token: the text (str), or the
+    bytes when the JSON says encoding 'bytes'. A round trip gives back the input file."""
+    splits, vocab = read_outputs(h5_path, json_path)
+    table = vocab["idx_to_token"]
+    ids = [int(i) for name in ("train", "val", "test") if name in splits for i in splits[name]]
+    text = "".join(table[str(i)] for i in ids)
+    return bytes(ord(c) for c in text) if vocab.get("encoding") == "bytes" else text
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    """A short ASCII text (TINY_TEXT)."""
+    return TINY_TEXT
+
+
+@pytest.fixture
+def tiny_file(tmp_path: Path) -> Path:
+    """TINY_TEXT written (UTF-8, no newline translation) to tmp_path/input.txt."""
+    path = tmp_path / "input.txt"
+    path.write_bytes(TINY_TEXT.encode("utf-8"))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_cpu_settings():
+    """Scripts run in-process (sample.main) set the thread count and flush denormals to zero for
+    the whole process; put both back so later tests (hypothesis needs subnormals) are unaffected."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)

@@ -1,0 +1,317 @@
+"""model/: parameter counts, initialisation, the cell equations of SPEC §3, and the fast paths
+(fused kernels, gathers) against the plain per-step graph `CharRNN.forward_steps`."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conftest  # noqa: F401  (puts the repository on sys.path)
+import model.char_rnn as char_rnn
+from model import CharRNN
+
+CELLS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of i2h per hidden unit
+RTOL, ATOL = 1e-5, 1e-6
+# Gradients are sums over batch and time that reach a few hundred here; float32 sums taken in
+# another order differ by a few float32 epsilons of that size (float64 check: <= 4e-7 of it).
+GRAD_ATOL = 1e-6  # times the largest gradient of the tensor
+
+
+def close(actual, expected, what="", rtol=RTOL, atol=ATOL):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}" if what else m)
+
+
+def make_model(cell, vocab_size, rnn_size, num_layers, dropout=0.0, seed=0, scale=0.5):
+    """A model with weights uniform in [-scale, scale]: large enough that every nonlinearity and
+    every gate matters (char-rnn's ±0.08 leaves the gates near 0.5)."""
+    torch.manual_seed(seed)
+    model = CharRNN(cell, vocab_size, rnn_size, num_layers, dropout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-scale, scale)
+    return model
+
+
+def random_state(model, batch_size, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    parts = len(model.layers[0].state_names)
+    # h in (-1, 1); an LSTM cell state may be larger
+    return tuple((torch.rand(model.num_layers, batch_size, model.rnn_size, generator=generator) * 2 - 1) * (1 + 2 * k)
+                 for k in range(parts))
+
+
+def tokens(vocab_size, batch_size, length, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab_size, (batch_size, length), generator=generator)
+    x[0, 0], x[-1, -1] = 0, vocab_size - 1  # the first and the last column of the one-hot
+    return x
+
+
+# ---- sizes and initialisation --------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell, expected", [("lstm", 240_321), ("gru", 182_337), ("rnn", 66_369)])
+def test_parameter_count_matches_char_rnn(cell, expected):
+    model = CharRNN(cell, 65, 128, 2)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_initialisation_uniform_and_lstm_forget_bias(cell):
+    torch.manual_seed(0)
+    H, layers = 32, 3
+    model = CharRNN(cell, 20, H, layers)
+    with torch.no_grad():  # poison: initialize() must overwrite every parameter
+        for p in model.parameters():
+            p.fill_(7.0)
+    model.initialize()
+    for name, p in model.named_parameters():
+        values = p.detach()
+        if cell == "lstm" and name.endswith("i2h.bias"):
+            forget = values[H:2 * H]
+            assert torch.equal(forget, torch.ones(H)), name
+            values = torch.cat([values[:H], values[2 * H:]])
+        assert values.min() >= -0.08 and values.max() <= 0.08, name
+        assert values.abs().max() > 0.04, name  # drawn, not zeros
+        if values.numel() >= 64:
+            assert values.min() < -0.06 and values.max() > 0.06, name  # spread over the whole range
+            assert abs(values.mean().item()) < 0.02, name
+    if cell == "lstm":
+        for layer in model.layers:
+            # only the input-to-hidden forget bias is 1, the other gates' biases and h2h's are not
+            assert (layer.i2h.bias[:H].abs() <= 0.08).all() and (layer.i2h.bias[2 * H:].abs() <= 0.08).all()
+            assert (layer.h2h.bias.abs() <= 0.08).all()
+    # uniform: a histogram of all weights is flat
+    weights = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith("weight")])
+    counts = torch.histc(weights, bins=8, min=-0.08, max=0.08)
+    assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+
+
+# ---- one step against the equations of SPEC §3 ----------------------------------------------------
+
+def linear(layer, x):
+    return x @ layer.weight.detach().double().t() + layer.bias.detach().double()
+
+
+def hand_step(model, token_ids, state):
+    """One time step of the model written out from SPEC §3, in float64."""
+    H = model.rnn_size
+    x = F.one_hot(token_ids, model.vocab_size).double()
+    state = [part.double() for part in state]
+    new_state = [[] for _ in state]
+    for n, layer in enumerate(model.layers):
+        h = state[0][n]
+        if model.model_type == "lstm":
+            c = state[1][n]
+            a = linear(layer.i2h, x) + linear(layer.h2h, h)
+            i = torch.sigmoid(a[:, 0:H])
+            f = torch.sigmoid(a[:, H:2 * H])
+            o = torch.sigmoid(a[:, 2 * H:3 * H])
+            g = torch.tanh(a[:, 3 * H:4 * H])
+            c_new = f * c + i * g
+            h_new = o * torch.tanh(c_new)
+            new_state[1].append(c_new)
+        elif model.model_type == "gru":
+            ax = linear(layer.i2h, x)  # rows z, r, candidate
+            ah = linear(layer.h2h, h)  # rows z, r
+            z = torch.sigmoid(ax[:, 0:H] + ah[:, 0:H])
+            r = torch.sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+            candidate = torch.tanh(ax[:, 2 * H:3 * H] + linear(layer.h2h_candidate, r * h))
+            h_new = z * candidate + (1 - z) * h
+        else:
+            h_new = torch.tanh(linear(layer.i2h, x) + linear(layer.h2h, h))
+        new_state[0].append(h_new)
+        x = h_new
+    log_probs = torch.log_softmax(linear(model.decoder, x), dim=1)
+    return log_probs, tuple(torch.stack(parts) for parts in new_state)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_one_step_equals_hand_computation(cell, num_layers):
+    model = make_model(cell, 7, 5, num_layers, dropout=0.5).eval()
+    state = random_state(model, 4)
+    x = torch.tensor([0, 3, 6, 3])
+    expected_logp, expected_state = hand_step(model, x, state)
+    with torch.no_grad():
+        for name, run in [("forward", lambda: model(x[:, None], state)),
+                          ("forward_steps", lambda: model.forward_steps(x[:, None], state)),
+                          ("step", lambda: model.step(x, state))]:
+            logits, new_state = run()
+            logp = torch.log_softmax(logits.reshape(4, 7), dim=1)
+            close(logp.double(), expected_logp, name)
+            assert len(new_state) == len(expected_state)
+            for got, want in zip(new_state, expected_state):
+                close(got.double(), want, name)
+    # the hand computation is sensitive: a state ignored or a gate order swapped would show
+    assert (expected_state[0][0] - state[0][0]).abs().max() > 0.05
+
+
+def test_hand_computation_detects_swapped_lstm_gates():
+    """Guard for the test above: the same LSTM with its o and g rows swapped gives other numbers."""
+    model = make_model("lstm", 7, 5, 1).eval()
+    state = random_state(model, 4)
+    x = torch.tensor([0, 3, 6, 3])
+    expected_logp, _ = hand_step(model, x, state)
+    H = 5
+    with torch.no_grad():
+        for linear_layer in (model.layers[0].i2h, model.layers[0].h2h):
+            for p in (linear_layer.weight, linear_layer.bias):
+                p.copy_(torch.cat([p[:2 * H], p[3 * H:], p[2 * H:3 * H]]))
+        logits, _ = model(x[:, None], state)
+    assert not torch.allclose(torch.log_softmax(logits[:, 0], 1).double(), expected_logp, atol=1e-3)
+
+
+# ---- fast paths against the plain per-step graph -----------------------------------------------
+
+def big_vocab(cell, rnn_size):
+    """The smallest vocabulary whose one-hot product is above the kernel's limit."""
+    return char_rnn.KERNEL_ONE_HOT_LIMIT // (GATES[cell] * rnn_size) + 1
+
+
+class KernelSpy:
+    """Records the calls of a layer's fused kernel (input width, number of layers)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __call__(self, *args):
+        self.calls.append((args[0].shape[-1], args[4]))
+        return self.kernel(*args)
+
+
+def run_and_grad(model, run, x, state, seed=3):
+    """logits, final state and the gradient of a loss of both w.r.t. every parameter."""
+    model.zero_grad(set_to_none=True)
+    logits, final = run(x, state)
+    generator = torch.Generator().manual_seed(seed)
+    loss = (logits * torch.randn(logits.shape, generator=generator)).sum()
+    for part in final:
+        loss = loss + (part * torch.randn(part.shape, generator=generator)).sum()
+    loss.backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"no gradient for {name}"
+        grads[name] = p.grad.clone()
+    return logits.detach(), tuple(part.detach() for part in final), grads
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("vocab", ["small", "large"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_fast_path_equals_per_step_graph(cell, vocab, num_layers):
+    H, B, T = 8, 3, 6
+    V = 11 if vocab == "small" else big_vocab(cell, H)
+    gate_width = GATES[cell] * H
+    assert (V * gate_width > char_rnn.KERNEL_ONE_HOT_LIMIT) == (vocab == "large")
+    model = make_model(cell, V, H, num_layers, dropout=0.5).eval()
+    spy = KernelSpy(model.layers[0].kernel) if model.layers[0].kernel is not None else None
+    if spy is not None:
+        model.layers[0].kernel = spy
+    state = random_state(model, B)
+    x = tokens(V, B, T)
+
+    logits, final, grads = run_and_grad(model, model.forward, x, state)
+    ref_logits, ref_final, ref_grads = run_and_grad(model, model.forward_steps, x, state)
+
+    # the path under test is the one intended
+    if cell == "gru":
+        assert not model.use_kernel
+    elif vocab == "small":
+        assert spy.calls == [(V, num_layers)]  # one-hot input into the kernel, all layers
+    else:
+        assert spy.calls == ([] if num_layers == 1 else [(H, num_layers - 1)])  # layer 1 step by step
+    assert logits.shape == (B, T, V)
+    close(logits, ref_logits)
+    assert len(final) == len(ref_final) == (2 if cell == "lstm" else 1)
+    for got, want in zip(final, ref_final):
+        assert got.shape == (num_layers, B, H)
+        close(got, want)
+    assert grads.keys() == ref_grads.keys() == {n for n, _ in model.named_parameters()}
+    for name in grads:  # sums over batch and time: float32 rounding grows with the gradients' size
+        scale = ref_grads[name].abs().max().item()
+        close(grads[name], ref_grads[name], name, atol=GRAD_ATOL * max(1.0, scale))
+        assert ref_grads[name].abs().max() > 0, name
+    # gradients reach the parameters and nothing else
+    assert all(not part.requires_grad and part.grad is None for part in state)
+    assert x.grad is None
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("vocab", ["small", "large"])
+def test_step_equals_forward_on_one_character(cell, vocab):
+    H, B = 8, 4
+    V = 11 if vocab == "small" else big_vocab(cell, H)
+    model = make_model(cell, V, H, 2, dropout=0.5).eval()
+    state = random_state(model, B)
+    x = tokens(V, B, 1)[:, 0]
+    with torch.no_grad():
+        logits, new_state = model.step(x, state)
+        ref_logits, ref_state = model(x[:, None], state)
+        steps_logits, _ = model.forward_steps(x[:, None], state)
+    assert logits.shape == (B, V)
+    close(logits, ref_logits[:, 0])
+    close(logits, steps_logits[:, 0])
+    for got, want in zip(new_state, ref_state):
+        close(got, want)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("vocab", ["small", "large"])
+def test_fast_path_carries_state_across_calls(cell, vocab):
+    """Two calls of forward, the state carried, equal one call on the whole sequence."""
+    H, B, T = 8, 2, 6
+    V = 11 if vocab == "small" else big_vocab(cell, H)
+    model = make_model(cell, V, H, 2).eval()
+    state = random_state(model, B)
+    x = tokens(V, B, T)
+    with torch.no_grad():
+        whole, whole_state = model(x, state)
+        first, mid_state = model(x[:, :2], state)
+        second, end_state = model(x[:, 2:], mid_state)
+    close(torch.cat([first, second], dim=1), whole)
+    for got, want in zip(end_state, whole_state):
+        close(got, want)
+
+
+# ---- dropout --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_dropout_active_in_train_mode_only(cell, num_layers):
+    V, H, B, T = 11, 16, 4, 5
+    x = tokens(V, B, T)
+    dropped = make_model(cell, V, H, num_layers, dropout=0.5).train()
+    plain = make_model(cell, V, H, num_layers, dropout=0.0).train()
+    state = random_state(dropped, B)
+    with torch.no_grad():
+        a, a_state = dropped(x, state)
+        b, b_state = dropped(x, state)
+        assert not torch.allclose(a, b), "dropout 0.5 in train mode must make two calls differ"
+        c, _ = plain(x, state)
+        d, _ = plain(x, state)
+        assert torch.equal(c, d), "dropout 0 must be deterministic"
+        # the same weights in eval mode: no dropout, equal to dropout 0
+        e, e_state = dropped.eval()(x, state)
+        close(e, c)
+        # never on the recurrent state: layer 1's input is not dropped, so its state is untouched
+        for part, eval_part in zip(a_state, e_state):
+            close(part[0], eval_part[0])
+        if num_layers > 1:  # the input of layer 2 is dropped
+            assert not torch.allclose(a_state[0][1], e_state[0][1])
+
+
+def test_dropout_rate_is_the_one_asked_for():
+    """With dropout 0.5 about half of the decoder's inputs are zeroed (a 1-layer model: only there),
+    the rest scaled by 1 / (1 - p)."""
+    model = make_model("lstm", 11, 64, 1, dropout=0.5)
+    seen = []
+    model.decoder.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+    x = tokens(11, 8, 20)
+    with torch.no_grad():
+        model.train()(x, model.zero_state(8))
+        model.eval()(x, model.zero_state(8))
+    dropped, plain = seen
+    assert (plain == 0).float().mean().item() < 0.01
+    zeroed = dropped == 0
+    assert 0.4 < zeroed.float().mean().item() < 0.6
+    close(dropped[~zeroed], 2 * plain[~zeroed])

@@ -1,0 +1,480 @@
+"""train.py end to end, as a user runs it (SPEC §2.2-§2.5).
+
+Starting python + torch costs most of every run, so the runs are started together at the beginning
+of the module, a few at a time, and each test waits for the runs it looks at (`runs[name]`).
+"""
+import csv
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TEXT, assert_user_error, run_script
+from util.data import load_data_dir
+
+TEXT = "the cat sat on the mat. the dog ate the hat.\n" * 55  # 2475 characters, 14 distinct
+OTHER_TEXT = "A completely different ALPHABET: 0123456789 XYZ!\n" * 60
+VOCAB = sorted(set(TEXT))
+BATCH, SEQ = 4, 10
+# char-rnn's split of TEXT: 61 blocks of 4 x 10 characters, train floor(61 * 0.95) = 57, val the rest
+N_BATCHES = len(TEXT) // (BATCH * SEQ)
+N_TRAIN = int(N_BATCHES * 0.95)
+N_VAL = N_BATCHES - N_TRAIN
+assert (N_BATCHES, N_TRAIN, N_VAL) == (61, 57, 4)
+MAX_EPOCHS, EVAL_EVERY = 3.5, 20
+ITERATIONS = int(MAX_EPOCHS * N_TRAIN)  # 199: the last iteration is mid-epoch
+SMALL = ["-batch_size", BATCH, "-seq_length", SEQ, "-gpuid", -1, "-threads", 1]
+BASE = ["-model", "lstm", "-rnn_size", 32, "-num_layers", 1, *SMALL, "-max_epochs", MAX_EPOCHS,
+        "-eval_val_every", EVAL_EVERY, "-learning_rate_decay_after", 1]
+
+PROGRESS = re.compile(r"^(\d+)/(\d+) \(epoch (\d+\.\d{3})\), train_loss = (\d+\.\d{8}), "
+                      r"grad/param norm = (\d\.\d{4}e[+-]\d\d), time/batch = (\d+\.\d{4})s$")
+CSV_HEADER = ["iteration", "epoch", "train_loss", "val_loss", "learning_rate", "seconds"]
+CHECKPOINT_KEYS = {"model", "state_dict", "vocab", "opt", "iteration", "epoch", "train_losses", "val_losses",
+                   "val_loss", "resume"}
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def write_data_dir(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "input.txt").write_bytes(text.encode("utf-8"))
+    return folder
+
+
+def progress(result) -> list[tuple[int, int, float, float, float]]:
+    """(iteration, iterations, epoch, train_loss, grad/param norm) of every progress line; every line
+    that starts like one must match the format exactly."""
+    rows = []
+    for line in result.stdout.splitlines():
+        if re.match(r"^\d+/\d+ ", line):
+            match = PROGRESS.match(line)
+            assert match, f"progress line not in char-rnn's format: {line!r}"
+            i, n, epoch, loss, norm, _ = match.groups()
+            rows.append((int(i), int(n), float(epoch), float(loss), float(norm)))
+    return rows
+
+
+def losses(result) -> list[float]:
+    return [row[3] for row in progress(result)]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def tensors_in(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors_in(item)
+
+
+def checkpoint_name(iteration: int, prefix: str = "lm_", n_train: int = N_TRAIN) -> str:
+    """The name SPEC §2.3 gives the checkpoint written after `iteration` (of the base run's data)."""
+    if iteration % n_train == 0:
+        return f"{prefix}epoch{iteration // n_train}.pt"
+    return f"{prefix}epoch{iteration / n_train:.2f}.pt"
+
+
+SAVED_AT = sorted({i for i in range(1, ITERATIONS + 1) if i % EVAL_EVERY == 0 or i % N_TRAIN == 0} | {ITERATIONS})
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def lstm_parameters(vocab: int, hidden: int, layers: int) -> int:
+    total = hidden * vocab + vocab  # decoder
+    for n in range(layers):
+        total += 4 * hidden * ((vocab if n == 0 else hidden) + 1) + 4 * hidden * (hidden + 1)
+    return total
+
+
+def gru_parameters(vocab: int, hidden: int, layers: int) -> int:
+    total = hidden * vocab + vocab
+    for n in range(layers):
+        total += 3 * hidden * ((vocab if n == 0 else hidden) + 1) + 2 * hidden * (hidden + 1) + hidden * (hidden + 1)
+    return total
+
+
+def rnn_parameters(vocab: int, hidden: int, layers: int) -> int:
+    total = hidden * vocab + vocab
+    for n in range(layers):
+        total += hidden * ((vocab if n == 0 else hidden) + 1) + hidden * (hidden + 1)
+    return total
+
+
+# ---- the runs, started together ------------------------------------------------------------------
+
+class Runs:
+    """Named train.py/preprocess.py runs executing concurrently; runs[name] waits for one."""
+
+    def __init__(self, root: Path, workers: int = 3):
+        self.root = root
+        self.pool = ThreadPoolExecutor(workers)
+        self.futures = {}
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(self, name: str, script: str, *args, after: tuple[str, ...] = (), cwd: Path | None = None):
+        """Run `script` once the runs `after` have finished, in `cwd` (default: a new folder root/name)."""
+        cwd = cwd or self.folder(name)
+
+        def job():
+            for other in after:
+                self[other]
+            return run_script(script, *args, cwd=cwd, timeout=300)
+        self.futures[name] = self.pool.submit(job)
+
+    def __getitem__(self, name: str):
+        return self.futures[name].result()
+
+    def cwd(self, name: str) -> Path:
+        return self.root / name
+
+
+ERRORS = {  # name: (arguments, fragments the one-line message must hold)
+    "model_foo": (["-model", "foo"], ["-model", "foo"]),
+    "rnn_size_0": (["-rnn_size", "0"], ["-rnn_size", "0"]),
+    "num_layers_negative": (["-num_layers", "-1"], ["-num_layers", "-1"]),
+    "dropout_1": (["-dropout", "1"], ["-dropout", "1"]),
+    "dropout_negative": (["-dropout", "-0.1"], ["-dropout", "-0.1"]),
+    "batch_size_abc": (["-batch_size", "abc"], ["-batch_size", "abc"]),
+    "unknown_option": (["-bogus_option", "3"], ["bogus_option"]),
+}
+HUGE_RATES = {"exploding": "1e3", "overflow": "1e38"}  # the second makes the weights infinite in one step
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = write_data_dir(root / "data", TEXT)
+    other = write_data_dir(root / "other", OTHER_TEXT)
+    tiny = write_data_dir(root / "tiny", TINY_TEXT)
+    # Build char-rnn's cache (input.h5/json beside input.txt) now, as train.py's first use would:
+    # runs started together on a folder without it would all preprocess into the same files.
+    for folder in (data, other, tiny):
+        load_data_dir(str(folder), log=lambda _: None)
+    r = Runs(root)
+    d = ["-data_dir", data]
+    # the base run: lstm 1 x 32, 3.5 epochs, checkpoints every 20 iterations, decay from epoch 1
+    r.start("base", "train.py", *d, *BASE)
+    r.start("same_seed", "train.py", *d, *BASE, "-checkpoint_dir", "made/on/demand", "-savefile", "NAME")
+    r.start("other_seed", "train.py", *d, *BASE, "-seed", 124)
+    # torch-rnn's data files: preprocess.py's default output in the cwd is picked up
+    r.start("h5_default", "preprocess.py", "-input", data / "input.txt")
+    r.start("explode_" + "exploding", "train.py", *d, "-rnn_size", 16, "-num_layers", 1, *SMALL,
+            "-eval_val_every", 1, "-checkpoint_dir", "ck", "-learning_rate", HUGE_RATES["exploding"])
+    r.start("explode_" + "overflow", "train.py", *d, "-rnn_size", 16, "-num_layers", 1, *SMALL,
+            "-eval_val_every", 1, "-checkpoint_dir", "ck", "-learning_rate", HUGE_RATES["overflow"])
+    for name, (args, _) in ERRORS.items():
+        r.start("error_" + name, "train.py", *d, *args)
+    r.start("too_small", "train.py", "-data_dir", tiny, "-gpuid", -1)
+    r.start("init_missing", "train.py", *d, *SMALL, "-init_from", "cv/missing.pt")
+    r.start("init_text", "train.py", *d, *SMALL, "-init_from", data / "input.txt")
+    r.start("gpu_fallback", "train.py", *d, "-rnn_size", 16, "-num_layers", 1, "-batch_size", BATCH,
+            "-seq_length", SEQ, "-max_epochs", 0.2, "-gpuid", 0, "-opencl", 1, "-threads", 1)
+    # after the runs they depend on
+    h5_cwd = r.cwd("h5_default")
+    r.start("h5_train", "train.py", "-model", "gru", "-rnn_size", 16, "-num_layers", 2, *SMALL, "-max_epochs", 0.5,
+            after=("h5_default",), cwd=h5_cwd)
+    h5, js = h5_cwd / "data" / "input.h5", h5_cwd / "data" / "input.json"
+    r.start("h5_explicit", "train.py", "-input_h5", h5, "-input_json", js, "-model", "rnn", "-rnn_size", 16,
+            "-num_layers", 2, *SMALL, "-max_epochs", 0.5, after=("h5_default",))
+    r.start("data_dir_wins", "train.py", "-data_dir", data, "-input_json", js, "-rnn_size", 8, "-num_layers", 1,
+            *SMALL, "-max_epochs", 0.1, "-checkpoint_dir", "cv_data_dir", after=("h5_default",), cwd=h5_cwd)
+    start_from = r.cwd("base") / "cv" / checkpoint_name(ITERATIONS)
+    r.start("init_from", "train.py", *d, *SMALL, "-init_from", start_from, "-model", "gru", "-rnn_size", 8,
+            "-num_layers", 3, "-max_epochs", 0.1, "-learning_rate", 1e-6, after=("base",))
+    r.start("init_other_vocab", "train.py", "-data_dir", other, *SMALL, "-init_from", start_from, after=("base",))
+    yield r
+    r.pool.shutdown(wait=True)
+
+
+# ---- training works ------------------------------------------------------------------------------
+
+def test_loss_falls_on_repetitive_text(runs):
+    result = runs["base"]
+    assert result.returncode == 0, result.stderr
+    rows = progress(result)
+    assert [row[0] for row in rows] == list(range(1, ITERATIONS + 1))  # -print_every 1
+    assert all(row[1] == ITERATIONS for row in rows)
+    assert [row[2] for row in rows] == [round(i / N_TRAIN, 3) for i in range(1, ITERATIONS + 1)]
+    first, last = rows[0][3], rows[-1][3]
+    assert abs(first - math.log(len(VOCAB))) < 0.3  # starts near uniform guessing
+    assert last < 1.5 and last < first - 1.0
+    assert all(row[4] > 0 for row in rows)
+
+
+def test_start_of_training_lines(runs):
+    result = runs["base"]
+    lines = result.stdout.splitlines()
+    head = lines[:next(n for n, line in enumerate(lines) if PROGRESS.match(line))]
+    data_dir = runs.root / "data"
+    assert f"data: {data_dir / 'input.txt'} (char-rnn splits: train_frac 0.95, val_frac 0.05)" in head
+    assert f"vocab size: {len(VOCAB)}" in head
+    assert f"batches: train {N_TRAIN}, val {N_VAL}, test 0" in head
+    assert f"number of parameters in the model: {lstm_parameters(len(VOCAB), 32, 1)}" in head
+    assert lstm_parameters(len(VOCAB), 32, 1) == 6606
+    assert not any(line.startswith("warning") for line in head)  # 57 training batches: no warning
+
+
+def test_same_seed_same_run_other_seed_other_run(runs):
+    base, same, other = runs["base"], runs["same_seed"], runs["other_seed"]
+    for result in (base, same, other):
+        assert result.returncode == 0, result.stderr
+    assert [row[3:] for row in progress(same)] == [row[3:] for row in progress(base)]
+    assert losses(other) != losses(base) and losses(other)[0] != losses(base)[0]
+    name = checkpoint_name(ITERATIONS)
+    a = load(runs.cwd("base") / "cv" / name)["state_dict"]
+    b = load(runs.cwd("same_seed") / "made/on/demand" / checkpoint_name(ITERATIONS, "lm_NAME_"))["state_dict"]
+    c = load(runs.cwd("other_seed") / "cv" / name)["state_dict"]
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], c[k]) for k in a)
+
+
+# ---- checkpoints and the log -----------------------------------------------------------------------
+
+def test_checkpoint_names(runs):
+    folder = runs.cwd("base") / "cv"
+    expected = {checkpoint_name(i) for i in SAVED_AT}
+    # spelled out: epoch ends, -eval_val_every mid-epoch, and the last iteration (199 / 57 = 3.49)
+    assert {"lm_epoch1.pt", "lm_epoch2.pt", "lm_epoch3.pt", "lm_epoch0.35.pt", "lm_epoch0.70.pt",
+            "lm_epoch1.05.pt", "lm_epoch3.16.pt", "lm_epoch3.49.pt"} <= expected
+    assert len(expected) == len(SAVED_AT) == 13
+    # nothing else: no temporary files left behind
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected | {"lm_log.csv"})
+    saved_lines = [line for line in runs["base"].stdout.splitlines() if line.startswith("saved checkpoint")]
+    assert saved_lines == [f"saved checkpoint {Path('cv') / checkpoint_name(i)}" for i in SAVED_AT]
+
+
+def test_savefile_and_checkpoint_dir_created(runs):
+    result = runs["same_seed"]
+    assert result.returncode == 0, result.stderr
+    folder = runs.cwd("same_seed") / "made" / "on" / "demand"
+    expected = {checkpoint_name(i, "lm_NAME_") for i in SAVED_AT}
+    assert "lm_NAME_epoch1.pt" in expected and "lm_NAME_epoch3.49.pt" in expected
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected | {"lm_NAME_log.csv"})
+    assert not (runs.cwd("same_seed") / "cv").exists()
+    rows = read_csv(folder / "lm_NAME_log.csv")
+    assert rows[0] == CSV_HEADER and len(rows) == ITERATIONS + 1
+
+
+def test_checkpoint_contents(runs):
+    result = runs["base"]
+    printed = losses(result)
+    val_printed = [float(v) for v in re.findall(r"^validation loss at epoch \d+\.\d\d: (\d+\.\d{4})$",
+                                                result.stdout, re.M)]
+    assert len(val_printed) == len(SAVED_AT)
+    folder = runs.cwd("base") / "cv"
+    for n, iteration in enumerate(SAVED_AT):
+        checkpoint = load(folder / checkpoint_name(iteration))
+        assert CHECKPOINT_KEYS <= checkpoint.keys()
+        assert checkpoint["iteration"] == iteration
+        assert checkpoint["epoch"] == pytest.approx(iteration / N_TRAIN)
+        assert checkpoint["model"]["model_type"] == "lstm"
+        assert (checkpoint["model"]["rnn_size"], checkpoint["model"]["num_layers"]) == (32, 1)
+        assert checkpoint["vocab"]["tokens"] == VOCAB
+        assert checkpoint["opt"]["rnn_size"] == 32 and checkpoint["opt"]["seed"] == 123
+        assert checkpoint["train_losses"] == pytest.approx(printed[:iteration], abs=1e-8)
+        assert [v[0] for v in checkpoint["val_losses"]] == SAVED_AT[:n + 1]
+        assert checkpoint["val_loss"] == pytest.approx(val_printed[n], abs=1e-4)
+        assert checkpoint["val_losses"][-1][1] == checkpoint["val_loss"]
+        assert isinstance(checkpoint["resume"], dict)
+        found = list(tensors_in(checkpoint))
+        assert len(found) > len(checkpoint["state_dict"])  # weights, optimizer state, hidden state, RNG
+        assert all(t.device.type == "cpu" for t in found)
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    # the weights change between checkpoints
+    first, last = (load(folder / checkpoint_name(i))["state_dict"] for i in (SAVED_AT[0], SAVED_AT[-1]))
+    assert not torch.equal(first["decoder.weight"], last["decoder.weight"])
+
+
+def test_training_log_csv(runs):
+    result = runs["base"]
+    rows = read_csv(runs.cwd("base") / "cv" / "lm_log.csv")
+    assert rows[0] == CSV_HEADER
+    body = rows[1:]
+    assert [int(row[0]) for row in body] == list(range(1, ITERATIONS + 1))
+    assert [float(row[2]) for row in body] == pytest.approx(losses(result), abs=1e-8)
+    assert [float(row[1]) for row in body] == pytest.approx([i / N_TRAIN for i in range(1, ITERATIONS + 1)],
+                                                             abs=1e-4)
+    assert [int(row[0]) for row in body if row[3]] == SAVED_AT  # val loss on the checkpoint rows only
+    seconds = [float(row[5]) for row in body]
+    assert all(b >= a for a, b in zip(seconds, seconds[1:])) and seconds[-1] > 0
+
+
+def test_learning_rate_decay(runs):
+    result = runs["base"]
+    lines = result.stdout.splitlines()
+    decays = [n for n, line in enumerate(lines) if line.startswith("decayed learning rate")]
+    assert [lines[n] for n in decays] == ["decayed learning rate by a factor 0.97 to 0.00194",
+                                          "decayed learning rate by a factor 0.97 to 0.0018818",
+                                          "decayed learning rate by a factor 0.97 to 0.001825346"]
+    # printed right after the last iteration of epochs 1, 2, 3
+    assert [PROGRESS.match(lines[n - 1]).group(1) for n in decays] == ["57", "114", "171"]
+    rates = [float(row[4]) for row in read_csv(runs.cwd("base") / "cv" / "lm_log.csv")[1:]]
+    assert rates[:56] == [0.002] * 56
+    assert rates[56:113] == pytest.approx([0.00194] * 57)
+    assert rates[113:170] == pytest.approx([0.0018818] * 57)
+    assert rates[170:] == pytest.approx([0.001825346] * 29, rel=1e-5)
+
+
+# ---- data sources -----------------------------------------------------------------------------------
+
+def test_data_h5_in_cwd_used_by_default(runs):
+    assert runs["h5_default"].returncode == 0, runs["h5_default"].stderr
+    result = runs["h5_train"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "data: data/input.h5 and data/input.json (preprocessed splits)" in out
+    # torch-rnn's splits of preprocess.py's default 95/5: each split its own batch_size streams
+    n_val = int(0.05 * len(TEXT))
+    n_train = len(TEXT) - n_val
+    train_batches, val_batches = (n_train - 1) // (BATCH * SEQ), (n_val - 1) // (BATCH * SEQ)
+    assert (train_batches, val_batches) == (58, 3)
+    assert f"batches: train {train_batches}, val {val_batches}, test 0" in out
+    assert f"vocab size: {len(VOCAB)}" in out
+    assert f"number of parameters in the model: {gru_parameters(len(VOCAB), 16, 2)}" in out
+    assert len(progress(result)) == int(0.5 * train_batches)
+    assert checkpoint_name(29, n_train=58) == "lm_epoch0.50.pt"
+    checkpoint = load(runs.cwd("h5_default") / "cv" / "lm_epoch0.50.pt")
+    assert checkpoint["model"]["model_type"] == "gru" and checkpoint["model"]["num_layers"] == 2
+
+
+def test_data_explicit_h5_json(runs):
+    result = runs["h5_explicit"]
+    assert result.returncode == 0, result.stderr
+    h5_dir = runs.cwd("h5_default") / "data"
+    assert f"data: {h5_dir / 'input.h5'} and {h5_dir / 'input.json'} (preprocessed splits)" in result.stdout
+    assert "batches: train 58, val 3, test 0" in result.stdout
+    assert f"number of parameters in the model: {rnn_parameters(len(VOCAB), 16, 2)}" in result.stdout
+    assert losses(result)[-1] < losses(result)[0]
+
+
+def test_data_dir_wins(runs):
+    """An explicit -data_dir is used even with -input_json given and data/input.h5 in the cwd."""
+    result = runs["data_dir_wins"]
+    assert result.returncode == 0, result.stderr
+    assert (runs.cwd("h5_default") / "data" / "input.h5").is_file()
+    assert (runs.cwd("h5_default") / "cv_data_dir" / checkpoint_name(5)).is_file()
+    data_dir = runs.root / "data"
+    assert f"data: {data_dir / 'input.txt'} (char-rnn splits: train_frac 0.95, val_frac 0.05)" in result.stdout
+    assert f"batches: train {N_TRAIN}, val {N_VAL}, test 0" in result.stdout
+    # the folder holds char-rnn's cache of the text
+    assert (data_dir / "input.h5").exists() and (data_dir / "input.json").exists()
+
+
+# ---- -init_from ----------------------------------------------------------------------------------------
+
+def test_init_from_starts_from_the_checkpoint(runs):
+    base, result = runs["base"], runs["init_from"]
+    assert result.returncode == 0, result.stderr
+    source = runs.cwd("base") / "cv" / checkpoint_name(ITERATIONS)
+    # the checkpoint's shape wins over -model gru -rnn_size 8 -num_layers 3
+    assert f"loaded the model from {source}: lstm, 1 x 32" in result.stdout
+    assert f"number of parameters in the model: {lstm_parameters(len(VOCAB), 32, 1)}" in result.stdout
+    fresh_first = losses(base)[0]
+    init_losses = losses(result)
+    assert len(init_losses) == int(0.1 * N_TRAIN) == 5
+    assert init_losses[0] < fresh_first - 1.0 and init_losses[0] < 1.5
+    start = load(source)
+    end = load(runs.cwd("init_from") / "cv" / checkpoint_name(5))
+    assert end["model"]["model_type"] == "lstm"
+    assert (end["model"]["rnn_size"], end["model"]["num_layers"]) == (32, 1)
+    assert (end["opt"]["model"], end["opt"]["rnn_size"], end["opt"]["num_layers"]) == ("lstm", 32, 1)
+    assert end["iteration"] == 5  # counters start fresh
+    assert end["train_losses"] == pytest.approx(init_losses, abs=1e-8)
+    for name, weight in start["state_dict"].items():
+        moved = (end["state_dict"][name] - weight).abs().max().item()
+        assert moved < 1e-4, name  # -learning_rate 1e-6 for 5 steps
+    assert any(not torch.equal(end["state_dict"][k], v) for k, v in start["state_dict"].items())  # it trained
+    # the learned forget-gate biases are kept, not reset to 1
+    learned = start["state_dict"]["layers.0.i2h.bias"][32:64]
+    assert (learned - 1).abs().max() > 0.01
+    torch.testing.assert_close(end["state_dict"]["layers.0.i2h.bias"][32:64], learned, rtol=0, atol=1e-4)
+
+
+def test_init_from_other_vocabulary_is_an_error(runs):
+    result = runs["init_other_vocab"]
+    line = assert_user_error(result, "vocabulary", checkpoint_name(ITERATIONS))
+    assert f"{len(VOCAB)} tokens" in line
+    assert not (runs.cwd("init_other_vocab") / "cv").exists() or not list(
+        (runs.cwd("init_other_vocab") / "cv").glob("*.pt"))
+
+
+def test_init_from_missing_file(runs):
+    assert_user_error(runs["init_missing"], "cv/missing.pt", "does not exist")
+
+
+def test_init_from_text_file(runs):
+    """A text file given as the checkpoint (an easy slip) is a one-line error, not a traceback."""
+    assert_user_error(runs["init_text"], "input.txt")
+
+
+# ---- aborts ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate", list(HUGE_RATES))
+def test_huge_learning_rate_aborts_without_bad_checkpoint(runs, rate):
+    result = runs["explode_" + rate]
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr)
+    assert "Traceback" not in result.stderr
+    out = result.stdout + result.stderr
+    assert "loss is exploding, aborting." in out.splitlines() or re.search(r"^loss is NaN at iteration \d+", out, re.M) \
+        or "the weights became NaN or infinite" in out
+    named = re.search(r"^the last good checkpoint is (\S+)$|The last good checkpoint is (\S+)$", out, re.M)
+    assert named, out[-1000:]
+    folder = runs.cwd("explode_" + rate) / "ck"
+    last_good = named.group(1) or named.group(2)
+    checkpoints = sorted(folder.glob("*.pt"))
+    if last_good == "none":  # the very first update overflowed: nothing may have been saved
+        assert not checkpoints
+    else:
+        assert (runs.cwd("explode_" + rate) / last_good).is_file()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [p.name for p in checkpoints] + ["lm_log.csv"])
+    for path in checkpoints:
+        weights = load(path)["state_dict"]
+        bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+        assert not bad, f"{path.name} holds non-finite weights {bad}"
+
+
+# ---- devices ---------------------------------------------------------------------------------------
+
+def test_gpu_requested_without_gpu_falls_back(runs):
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    result = runs["gpu_fallback"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert any("no GPU found" in line for line in out)
+    assert any("OpenCL" in line and "-opencl" in line for line in out)
+    assert len(progress(result)) == int(0.2 * N_TRAIN) == 11
+    assert (runs.cwd("gpu_fallback") / "cv" / checkpoint_name(11)).is_file()
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_bad_option_is_one_line_error(runs, name):
+    _, fragments = ERRORS[name]
+    assert_user_error(runs["error_" + name], *fragments)
+    assert not (runs.cwd("error_" + name) / "cv").exists()  # nothing written
+
+
+def test_text_too_small_for_one_batch(runs):
+    line = assert_user_error(runs["too_small"], "too small", "-batch_size", "-seq_length")
+    assert "50 x 50" in line
