@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model import LAYERS, CharRNN
+from model import LAYERS, CharRNN, State
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
@@ -80,6 +80,18 @@ def resumed_options(parsed, checkpoint: dict):
         if name not in parsed.given and name != "resume":
             setattr(opt, name, value)
     return opt
+
+
+def forward_backward(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: State,
+                     grad_clip: float) -> tuple[torch.Tensor, State]:
+    """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
+    returns the loss and the state to carry into the next batch, cut from this batch's graph."""
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1))
+    model.zero_grad(set_to_none=True)
+    (loss * x.shape[1]).backward()
+    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    return loss.detach(), tuple(part.detach() for part in state)
 
 
 def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device) -> float:
@@ -216,12 +228,7 @@ def main(argv: list[str]) -> int:
     for i in range(first_iteration, iterations + 1):
         started = time.perf_counter()
         x, y = (t.to(device) for t in loader.next_batch("train"))
-        logits, state = model(x, state)
-        state = tuple(part.detach() for part in state)  # carry the state, not its history
-        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        (loss * opt.seq_length).backward()  # the gradient of the sum over time steps
-        torch.nn.utils.clip_grad_value_(params, opt.grad_clip)
+        loss, state = forward_backward(model, x, y, state, opt.grad_clip)
         train_loss = loss.item()
         if train_loss != train_loss:
             return abort(f"loss is NaN at iteration {i}: stopping before the weights are updated.")
