@@ -8,16 +8,21 @@ import signal
 import sys
 import time
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from model import LAYERS, CharRNN, State
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
 from util.device import configure_cpu, select_device, synchronize
+from util import distributed
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
+from util.vocab import Vocab
 
 OPTIONS = [
     Option("data_dir", "data/tinyshakespeare", "char-rnn style folder with input.txt, preprocessed on first use"),
@@ -87,7 +92,7 @@ def forward_backward(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: St
     """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
     returns the loss and the state to carry into the next batch, cut from this batch's graph."""
     logits, state = model(x, state)
-    loss = F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1))
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     model.zero_grad(set_to_none=True)
     (loss * x.shape[1]).backward()
     torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
@@ -136,6 +141,23 @@ class StopRequest:
               f"(send it again to quit at once)", flush=True)
 
 
+def starting_model(opt, vocab: Vocab, resume: dict | None, say: Callable[[str], None]) -> CharRNN:
+    """A fresh model, or the weights and shape of -init_from / -resume (the checkpoint's shape wins,
+    as in char-rnn; learned forget biases are kept)."""
+    if not (resume or opt.init_from):
+        model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
+        model.initialize()
+        return model
+    start, path = (resume, opt.resume) if resume else (load_checkpoint(opt.init_from), opt.init_from)
+    if not checkpoint_vocab(start).same_tokens(vocab):
+        raise UserError(f"the vocabulary of {path} ({len(start['vocab']['tokens'])} tokens) differs "
+                        f"from the data's ({len(vocab)} tokens)")
+    model = model_from_checkpoint(start, path, dropout=opt.dropout)
+    opt.model, opt.rnn_size, opt.num_layers = model.model_type, model.rnn_size, model.num_layers
+    say(f"loaded the model from {path}: {model.model_type}, {model.num_layers} x {model.rnn_size}")
+    return model
+
+
 def main(argv: list[str]) -> int:
     parsed = parse_options(argv, "train.py", "Train a character-level language model.", OPTIONS)
     resume = load_checkpoint(parsed.values.resume) if parsed.values.resume else None
@@ -144,92 +166,96 @@ def main(argv: list[str]) -> int:
     opt = resumed_options(parsed, resume) if resume else parsed.values
     check_options(opt)
     configure_cpu(opt.threads)
-    torch.manual_seed(opt.seed)
-    device = select_device(opt.gpuid, opt.opencl)
-    source = resume["opt"]["data_source"] if resume else data_source(opt, parsed.given)
-    opt.data_source = source
-    vocab, loader = load_training_data(opt, source)
+    ranks = distributed.start(use_cuda=opt.gpuid >= 0 and torch.cuda.is_available())
+    try:
+        return train(opt, parsed.given, resume, ranks)
+    finally:
+        distributed.finish(ranks)
 
-    if resume or opt.init_from:
-        start = resume or load_checkpoint(opt.init_from)
-        start_path = opt.resume or opt.init_from
-        if not checkpoint_vocab(start).same_tokens(vocab):
-            raise UserError(f"the vocabulary of {start_path} ({len(start['vocab']['tokens'])} tokens) differs "
-                            f"from the data's ({len(vocab)} tokens)")
-        model = model_from_checkpoint(start, start_path, dropout=opt.dropout)
-        for name in SHAPE_OPTIONS:  # the checkpoint's shape wins, as in char-rnn
-            setattr(opt, name, start["model"]["model_type" if name == "model" else name])
-        print(f"loaded the model from {start_path}: {model.model_type}, {model.num_layers} x {model.rnn_size}")
-    else:
-        model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
-        model.initialize()
-    model.to(device)
+
+def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -> int:
+    say = print if ranks.is_main else (lambda *_, **__: None)
+    torch.manual_seed(opt.seed)
+    device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
+    opt.data_source = resume["opt"]["data_source"] if resume else data_source(opt, given)
+    vocab, loader = load_training_data(opt, opt.data_source, say)
+    rows = ranks.rows(opt.batch_size)
+    model = starting_model(opt, vocab, resume, say).to(device)
+    network = DistributedDataParallel(model) if ranks.active else model
     params = list(model.parameters())
 
     ntrain = loader.n_batches("train")
-    print(f"vocab size: {len(vocab)}")
-    print(f"batches: train {ntrain}, val {loader.n_batches('val')}, test {loader.n_batches('test')}")
+    say(f"vocab size: {len(vocab)}")
+    say(f"batches: train {ntrain}, val {loader.n_batches('val')}, test {loader.n_batches('test')}")
     if ntrain < 50:
-        print("warning: fewer than 50 training batches; consider a smaller -batch_size or -seq_length")
-    print(f"number of parameters in the model: {sum(p.numel() for p in params)}")
+        say("warning: fewer than 50 training batches; consider a smaller -batch_size or -seq_length")
+    say(f"number of parameters in the model: {sum(p.numel() for p in params)}")
+    if ranks.active:
+        say(f"data parallel: {ranks.world_size} processes, {rows.stop - rows.start} streams each")
 
     optimizer = torch.optim.RMSprop(params, lr=opt.learning_rate, alpha=opt.decay_rate, eps=1e-8)
     iterations = int(opt.max_epochs * ntrain)
     if iterations == 0:
         raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
                         f"{ntrain} per epoch")
-    state = model.zero_state(opt.batch_size)
+    state = tuple(part[:, rows] for part in model.zero_state(opt.batch_size))
     train_losses, val_losses = [], []
     first_iteration, loss0, seconds, last_saved = 1, None, 0.0, None
     if resume:
         saved = resume["resume"]
         optimizer.load_state_dict(saved["optimizer"])
         for group in optimizer.param_groups:
-            group["lr"] = opt.learning_rate if "learning_rate" in parsed.given else saved["learning_rate"]
+            group["lr"] = opt.learning_rate if "learning_rate" in given else saved["learning_rate"]
         loader.position["train"] = saved["loader_position"]
-        state = tuple(part.to(device) for part in saved["hidden"])
+        state = tuple(part[:, rows].to(device) for part in saved["hidden"])
         torch.set_rng_state(saved["rng"])
         if device.type == "cuda" and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"])
         train_losses, val_losses = list(resume["train_losses"]), [list(v) for v in resume["val_losses"]]
         first_iteration, loss0, seconds = resume["iteration"] + 1, saved["loss0"], saved["seconds"]
         last_saved = opt.resume
-        print(f"resuming at iteration {first_iteration} of {iterations}")
+        say(f"resuming at iteration {first_iteration} of {iterations}")
+    if ranks.active:  # each process draws its own dropout masks
+        torch.manual_seed(opt.seed + 1_000_003 * ranks.rank + first_iteration)
 
-    os.makedirs(opt.checkpoint_dir, exist_ok=True)
-    log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
+    if ranks.is_main:
+        os.makedirs(opt.checkpoint_dir, exist_ok=True)
+        log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
 
     def save(iteration: int, val_loss: float | None) -> str:
+        """Every process takes part (the carried state is gathered); the main one writes."""
         if not all(torch.isfinite(p).all() for p in params):
             raise UserError(f"the weights became NaN or infinite at iteration {iteration} (is -learning_rate "
                             f"too high?); not saving them. The last good checkpoint is {last_saved or 'none'}")
+        hidden = ranks.gather_rows(state)
         path = checkpoint_path(opt.checkpoint_dir, opt.savefile, iteration, ntrain)
-        save_checkpoint(path, {
-            "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),
-            "vocab": {"tokens": vocab.tokens, "encoding": vocab.encoding}, "opt": dict(vars(opt)),
-            "iteration": iteration, "epoch": iteration / ntrain, "train_losses": train_losses,
-            "val_losses": val_losses, "val_loss": val_loss,
-            "resume": {"optimizer": to_cpu(optimizer.state_dict()),
-                       "learning_rate": optimizer.param_groups[0]["lr"],
-                       "loader_position": loader.position["train"], "hidden": to_cpu(state),
-                       "rng": torch.get_rng_state(),
-                       "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                       "loss0": loss0, "seconds": seconds},
-        })
+        if ranks.is_main:
+            save_checkpoint(path, {
+                "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),
+                "vocab": {"tokens": vocab.tokens, "encoding": vocab.encoding}, "opt": dict(vars(opt)),
+                "iteration": iteration, "epoch": iteration / ntrain, "train_losses": train_losses,
+                "val_losses": val_losses, "val_loss": val_loss,
+                "resume": {"optimizer": to_cpu(optimizer.state_dict()),
+                           "learning_rate": optimizer.param_groups[0]["lr"],
+                           "loader_position": loader.position["train"], "hidden": to_cpu(hidden),
+                           "rng": torch.get_rng_state(),
+                           "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                           "loss0": loss0, "seconds": seconds},
+            })
         return path
 
     def abort(message: str) -> int:
-        print(message)
-        print(f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet")
+        say(message)
+        say(f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet")
         return 1
 
     stop = StopRequest()
     model.train()
     for i in range(first_iteration, iterations + 1):
         started = time.perf_counter()
-        x, y = (t.to(device) for t in loader.next_batch("train"))
-        loss, state = forward_backward(model, x, y, state, opt.grad_clip)
-        train_loss = loss.item()
+        x, y = (t[rows].to(device) for t in loader.next_batch("train"))
+        loss, state = forward_backward(network, x, y, state, opt.grad_clip)
+        train_loss = ranks.mean(loss)
         if train_loss != train_loss:
             return abort(f"loss is NaN at iteration {i}: stopping before the weights are updated.")
         loss0 = train_loss if loss0 is None else loss0
@@ -246,31 +272,33 @@ def main(argv: list[str]) -> int:
         train_losses.append(train_loss)
         epoch = i / ntrain
         if i % opt.print_every == 0:
-            print(f"{i}/{iterations} (epoch {epoch:.3f}), train_loss = {train_loss:6.8f}, "
-                  f"grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s", flush=True)
+            say(f"{i}/{iterations} (epoch {epoch:.3f}), train_loss = {train_loss:6.8f}, "
+                f"grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s", flush=True)
 
         if i % ntrain == 0 and opt.learning_rate_decay < 1 and epoch >= opt.learning_rate_decay_after:
             for group in optimizer.param_groups:
                 group["lr"] *= opt.learning_rate_decay
-            print(f"decayed learning rate by a factor {lua_number(opt.learning_rate_decay)} "
-                  f"to {lua_number(optimizer.param_groups[0]['lr'])}")
+            say(f"decayed learning rate by a factor {lua_number(opt.learning_rate_decay)} "
+                f"to {lua_number(optimizer.param_groups[0]['lr'])}")
 
         val_loss = None
         if i % opt.eval_val_every == 0 or i % ntrain == 0 or i == iterations:
-            if loader.n_batches("val"):
+            if ranks.is_main and loader.n_batches("val"):
                 val_loss = evaluate_split(model, loader, "val", device)
                 val_losses.append([i, val_loss])
-                print(f"validation loss at epoch {epoch:.2f}: {val_loss:.4f}")
+                say(f"validation loss at epoch {epoch:.2f}: {val_loss:.4f}")
             last_saved = save(i, val_loss)
-            print(f"saved checkpoint {last_saved}", flush=True)
-        log.append(i, epoch, train_loss, val_loss, optimizer.param_groups[0]["lr"], seconds)
+            say(f"saved checkpoint {last_saved}", flush=True)
+        if ranks.is_main:
+            log.append(i, epoch, train_loss, val_loss, optimizer.param_groups[0]["lr"], seconds)
 
-        if stop.signal_number:
+        signal_number = ranks.any_signal(stop.signal_number)
+        if signal_number:
             if last_saved != checkpoint_path(opt.checkpoint_dir, opt.savefile, i, ntrain):
                 last_saved = save(i, None)
-            print(f"stopped at iteration {i}; checkpoint {last_saved}; continue with: "
-                  f"python train.py -resume {last_saved}", flush=True)
-            return 128 + stop.signal_number
+            say(f"stopped at iteration {i}; checkpoint {last_saved}; continue with: "
+                f"python train.py -resume {last_saved}", flush=True)
+            return 128 + signal_number
     return 0
 
 
