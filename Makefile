@@ -13,14 +13,14 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
+# The three commands of a char-rnn user, on the bundled text: about 3 minutes on a 2-core CPU.
 demo: $(VENV)/installed
-	$(PY) preprocess.py -input data/tinyshakespeare/input.txt -output_h5 data/demo.h5 -output_json data/demo.json
-	$(PY) train.py -input_h5 data/demo.h5 -input_json data/demo.json -rnn_size 128 -num_layers 2 \
-		-max_epochs 1 -eval_val_every 200 -print_every 20 -savefile demo -gpuid -1
-	$(PY) sample.py cv/lm_demo_epoch1.pt -length 500 -temperature 0.8 -gpuid -1
+	$(PY) preprocess.py --input data/tinyshakespeare/input.txt
+	$(PY) train.py -max_epochs 5 -print_every 100 -savefile demo
+	$(PY) sample.py cv/lm_demo_epoch5.pt -length 600 -temperature 0.8
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) data/demo.h5 data/demo.json data/tinyshakespeare/input.h5 data/tinyshakespeare/input.json
+	rm -rf $(VENV) data/input.h5 data/input.json data/tinyshakespeare/input.h5 data/tinyshakespeare/input.json
