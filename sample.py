@@ -7,7 +7,7 @@ import sys
 import torch
 
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
-from util.device import configure_cpu, select_device
+from util.device import GPU_OPTIONS, configure_cpu, select_device
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
@@ -20,8 +20,7 @@ OPTIONS = [
     Option("length", 2000, "number of characters to generate, not counting the primetext"),
     Option("temperature", 1.0, "higher is more diverse, lower more conservative; must be > 0"),
     Option("skip_unk", 0, "1 = drop primetext characters missing from the vocabulary, with a warning"),
-    Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
-    Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
+    *GPU_OPTIONS,
     Option("verbose", 1, "0 = print only the generated text; diagnostics go to stderr"),
 ]
 

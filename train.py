@@ -18,11 +18,11 @@ from model import LAYERS, CharRNN, State
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
-from util.device import configure_cpu, select_device, synchronize
+from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device, synchronize
 from util import distributed
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
-from util.vocab import Vocab
+from util.vocab import BYTES, Vocab
 
 OPTIONS = [
     Option("data_dir", "data/tinyshakespeare", "char-rnn style folder with input.txt, preprocessed on first use"),
@@ -50,9 +50,8 @@ OPTIONS = [
     Option("checkpoint_dir", "cv", "output directory where checkpoints get written"),
     Option("savefile", "", "filename to autosave the checkpoint to; cv/lm_<savefile>_epoch<N>.pt"),
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
-    Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
-    Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
-    Option("threads", 0, "CPU threads; 0 = all cores"),
+    *GPU_OPTIONS,
+    THREADS_OPTION,
 ]
 SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
 DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
@@ -141,14 +140,14 @@ class StopRequest:
               f"(send it again to quit at once)", flush=True)
 
 
-def starting_model(opt, vocab: Vocab, resume: dict | None, say: Callable[[str], None]) -> CharRNN:
-    """A fresh model, or the weights and shape of -init_from / -resume (the checkpoint's shape wins,
-    as in char-rnn; learned forget biases are kept)."""
-    if not (resume or opt.init_from):
+def starting_model(opt, vocab: Vocab, start: dict | None, say: Callable[[str], None]) -> CharRNN:
+    """A fresh model, or the weights and shape of the -init_from / -resume checkpoint `start` (its
+    shape wins, as in char-rnn; learned forget biases are kept)."""
+    if start is None:
         model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
         model.initialize()
         return model
-    start, path = (resume, opt.resume) if resume else (load_checkpoint(opt.init_from), opt.init_from)
+    path = opt.resume or opt.init_from
     if not checkpoint_vocab(start).same_tokens(vocab):
         raise UserError(f"the vocabulary of {path} ({len(start['vocab']['tokens'])} tokens) differs "
                         f"from the data's ({len(vocab)} tokens)")
@@ -178,9 +177,11 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
     torch.manual_seed(opt.seed)
     device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
     opt.data_source = resume["opt"]["data_source"] if resume else data_source(opt, given)
-    vocab, loader = load_training_data(opt, opt.data_source, say)
+    start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
+    byte_level = start is not None and checkpoint_vocab(start).is_bytes  # e.g. a char-rnn .t7 model
+    vocab, loader = load_training_data(opt, opt.data_source, say, BYTES if byte_level else None)
     rows = ranks.rows(opt.batch_size)
-    model = starting_model(opt, vocab, resume, say).to(device)
+    model = starting_model(opt, vocab, start, say).to(device)
     network = DistributedDataParallel(model) if ranks.active else model
     params = list(model.parameters())
 

@@ -569,3 +569,23 @@ def test_unexpected_graph_is_rejected(tmp_path):
                                  "opt": {"model": "lstm", "rnn_size": 4, "num_layers": 2}})
     with pytest.raises(ValueError, match="lstm graph"):
         load_char_rnn_checkpoint(tmp_path / "f.t7")
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
+def test_long_size_and_device_do_not_change_the_conversion(tmp_path, model):
+    """One char-rnn checkpoint saved four ways (8- or 4-byte longs, CPU or CUDA tensors) converts to
+    the same state_dict and vocabulary."""
+    converted = []
+    for long_size in (8, 4):
+        for cuda in (False, True):
+            g = NNGraph(np.random.default_rng(11), np.float32)  # float32: a CudaTensor holds floats
+            gmodule, _ = {"lstm": build_lstm, "gru": build_gru, "rnn": build_rnn}[model](g, len(TOKENS), 4, 2, 0.0)
+            path = tmp_path / f"{long_size}{cuda}.t7"
+            write_t7(path, {"protos": {"rnn": gmodule}, "vocab": {t: i for i, t in enumerate(TOKENS, 1)},
+                            "opt": {"model": model, "rnn_size": 4, "num_layers": 2}}, long_size=long_size, cuda=cuda)
+            converted.append(load_char_rnn_checkpoint(path))
+    for other in converted[1:]:
+        assert other["tokens"] == converted[0]["tokens"] == TOKENS
+        assert other["state_dict"].keys() == converted[0]["state_dict"].keys()
+        for name, tensor in converted[0]["state_dict"].items():
+            assert torch.equal(other["state_dict"][name], tensor), name

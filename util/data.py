@@ -58,10 +58,16 @@ def id_storage(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8 if vocab_size <= 256 else np.int32)
 
 
-def load_data_dir(data_dir: str, log: Callable[[str], None] = print) -> tuple[Vocab, np.ndarray]:
-    """char-rnn's folder: input.txt, preprocessed into input.h5/input.json beside it when stale."""
+def load_data_dir(data_dir: str, log: Callable[[str], None] = print,
+                  encoding: str | None = None) -> tuple[Vocab, np.ndarray]:
+    """char-rnn's folder: input.txt, preprocessed into a cache beside it when missing or stale.
+
+    By default the tokens are UTF-8 code points (cache input.h5/input.json), or bytes with a notice
+    when the text is not UTF-8. encoding='bytes' asks for byte tokens, as a char-rnn (.t7) model was
+    trained on; they get a cache of their own (input.bytes.h5/input.bytes.json)."""
     text = os.path.join(data_dir, "input.txt")
-    h5_path, json_path = os.path.join(data_dir, "input.h5"), os.path.join(data_dir, "input.json")
+    stem = "input.bytes" if encoding == BYTES else "input"
+    h5_path, json_path = os.path.join(data_dir, f"{stem}.h5"), os.path.join(data_dir, f"{stem}.json")
     if not os.path.isfile(text):
         raise UserError(f"data folder {data_dir} has no input.txt")
     stale = not (os.path.exists(h5_path) and os.path.exists(json_path)) or \
@@ -69,12 +75,12 @@ def load_data_dir(data_dir: str, log: Callable[[str], None] = print) -> tuple[Vo
     if stale:
         log(f"one-time setup: preprocessing {text} into {h5_path} and {json_path}")
         try:
-            preprocess(text, h5_path, json_path, 0.0, 0.0, "utf-8", log=lambda _: None)
+            preprocess(text, h5_path, json_path, 0.0, 0.0, encoding or "utf-8", log=lambda _: None)
         except DecodeError as error:
             log(f"notice: {error}; using byte-level tokens, as char-rnn does")
             preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
     vocab, splits = read_h5_json(h5_path, json_path)
-    if vocab.is_bytes and not stale:
+    if vocab.is_bytes and not stale and encoding != BYTES:
         log(f"notice: {text} is not valid UTF-8; using byte-level tokens, as char-rnn does")
     return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
 
@@ -89,8 +95,10 @@ def data_source(opt, given: set[str]) -> str:
     return "data_dir"
 
 
-def load_training_data(opt, source: str, log: Callable[[str], None] = print) -> tuple[Vocab, "BatchLoader"]:
-    """The vocabulary and a loader over `source` ('h5' or 'data_dir') with opt's batch shape."""
+def load_training_data(opt, source: str, log: Callable[[str], None] = print,
+                       encoding: str | None = None) -> tuple[Vocab, "BatchLoader"]:
+    """The vocabulary and a loader over `source` ('h5' or 'data_dir') with opt's batch shape;
+    `encoding` as in load_data_dir."""
     batch_size, seq_length = opt.batch_size, opt.seq_length
     if source == "h5":
         log(f"data: {opt.input_h5} and {opt.input_json} (preprocessed splits)")
@@ -99,7 +107,7 @@ def load_training_data(opt, source: str, log: Callable[[str], None] = print) -> 
     else:
         log(f"data: {os.path.join(opt.data_dir, 'input.txt')} (char-rnn splits: train_frac "
             f"{lua_number(opt.train_frac)}, val_frac {lua_number(opt.val_frac)})")
-        vocab, ids = load_data_dir(opt.data_dir, log)
+        vocab, ids = load_data_dir(opt.data_dir, log, encoding)
         splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)
     return vocab, BatchLoader(splits, batch_size, seq_length)
 

@@ -5,6 +5,13 @@ from typing import Callable
 import torch
 
 from util.errors import UserError
+from util.options import Option
+
+GPU_OPTIONS = [
+    Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
+    Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
+]
+THREADS_OPTION = Option("threads", 0, "CPU threads; 0 = all cores")
 
 
 def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print) -> torch.device:

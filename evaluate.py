@@ -1,0 +1,239 @@
+"""Measure how well a checkpoint predicts text: mean loss in nats per character, bits per character
+and perplexity (char-rnn's PR 142 and issue 158). Works with this project's .pt checkpoints and
+with Torch7 char-rnn .t7 checkpoints.
+
+    python evaluate.py cv/lm_lstm_epoch30.00_1.3950.t7 -data_dir data/tinyshakespeare
+    python evaluate.py cv/lm_epoch30.pt -input some_other_text.txt
+
+-data_dir DIR: char-rnn's batches over DIR/input.txt (the whole text cut to a multiple of
+  batch_size x seq_length, laid out as batch_size rows, the splits taken as column blocks) and the
+  mean loss over the chosen split, from a zero state carried across its batches: char-rnn's
+  eval_split, so `-split val` gives the validation loss char-rnn reported for the same options.
+  -batch_size, -seq_length, -train_frac and -val_frac default to the checkpoint's.
+-input FILE: the whole file as one stream, from a zero state: every character after the first is
+  predicted once, from all that precede it (the exact loss of the text under the model; it is fed
+  in chunks of INPUT_CHUNK characters with the state carried, which changes only the speed).
+
+Either way the text is tokenised as the checkpoint was trained (bytes for char-rnn's .t7 files)
+and must use only characters of the checkpoint's vocabulary; token ids are the checkpoint's.
+"""
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from train import evaluate_split
+from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
+from util.corpus import DecodeError, preprocess
+from util.data import SPLITS, BatchLoader, char_rnn_splits, id_storage, load_data_dir, read_h5_json
+from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device
+from util.errors import UserError, run_main
+from util.options import Option, lua_number, parse_options
+from util.vocab import BYTES, Vocab
+
+OPTIONS = [
+    Option("data_dir", "", "folder with input.txt: evaluate on char-rnn's split of it (see -split)"),
+    Option("input", "", "text file: evaluate on the whole of it, as one stream"),
+    Option("split", "val", "with -data_dir: train, val or test"),
+    Option("batch_size", 0, "with -data_dir: sequences per batch; 0 = the checkpoint's (else 50)"),
+    Option("seq_length", 0, "with -data_dir: time steps per batch; 0 = the checkpoint's (else 50)"),
+    Option("train_frac", 0.0, "with -data_dir: fraction of batches for training; 0 = the checkpoint's (else 0.95)"),
+    Option("val_frac", 0.0, "with -data_dir: fraction of batches for validation; 0 = the checkpoint's (else 0.05)"),
+    *GPU_OPTIONS,
+    THREADS_OPTION,
+    Option("verbose", 1, "0 = print only the result line; diagnostics go to stderr"),
+]
+FALLBACKS = {"batch_size": 50, "seq_length": 50, "train_frac": 0.95, "val_frac": 0.05}
+DATA_DIR_ONLY = ("split", "batch_size", "seq_length", "train_frac", "val_frac")
+# -input's chunk length. One stream runs step by step whatever the chunk, but each model call has a
+# fixed cost: on the stock 2 x 128 LSTM (147,060 characters, one CPU thread) chunks of 50 took 3.2 s,
+# of 200 1.6 s, of 1000 1.1 s, of 4000 1.1 s, all with the same loss. The logits of a chunk
+# (chunk x vocabulary floats) stay small even for large vocabularies.
+INPUT_CHUNK = 1000
+
+
+@dataclass
+class Result:
+    loss: float  # mean negative log-likelihood, nats per character
+    characters: int  # characters scored
+    source: str  # what was scored, for the result line
+    split: str = ""  # with -data_dir, the split's name
+
+    @property
+    def bits(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def line(self) -> str:
+        return (f"{self.split + ' ' if self.split else ''}loss {self.loss:.6f} nats/char, {self.bits:.6f} bits/char, "
+                f"perplexity {self.perplexity:.4f} ({self.characters} characters, {self.source})")
+
+
+def diagnostic(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_source(opt, given: set[str]) -> None:
+    """Exactly one of -data_dir and -input, and only options that apply to it."""
+    if bool(opt.data_dir) == bool(opt.input):
+        raise UserError("give either -data_dir DIR (char-rnn's split of DIR/input.txt) or -input FILE "
+                        "(a whole text), " + ("not both" if opt.data_dir else "one of them"))
+    if opt.input and given & set(DATA_DIR_ONLY):
+        names = ", ".join(f"-{name}" for name in DATA_DIR_ONLY if name in given)
+        raise UserError(f"{names} only apply with -data_dir; -input FILE is evaluated as one stream")
+    if opt.split not in SPLITS:
+        raise UserError(f"-split must be train, val or test, not '{opt.split}'")
+
+
+def resolve_options(opt, saved: dict) -> None:
+    """Check the batch shape and fractions; 0 means the checkpoint's value (else char-rnn's default)."""
+    for name, fallback in FALLBACKS.items():
+        value = getattr(opt, name)
+        if value < 0 or (isinstance(fallback, float) and value > 1):
+            raise UserError(f"-{name} must be {'in [0, 1]' if isinstance(fallback, float) else '0 or more'}, "
+                            f"not {lua_number(value)}")
+        if value == 0:
+            value = saved.get(name, fallback)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value:
+                value = fallback
+            setattr(opt, name, int(value) if isinstance(fallback, int) else float(value))
+    if opt.train_frac + opt.val_frac > 1 + 1e-12:
+        raise UserError(f"-train_frac {lua_number(opt.train_frac)} and -val_frac {lua_number(opt.val_frac)} "
+                        f"sum to more than 1")
+
+
+def tokenise(path: str, encoding: str, what: str) -> tuple[Vocab, np.ndarray]:
+    """The file's tokens in `encoding` (a UTF-8 BOM dropped, as preprocess.py does) as 0-based ids
+    of their own sorted vocabulary; chunked through util.corpus, so memory stays small."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty: there is nothing to evaluate")
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as folder:
+        h5_path, json_path = os.path.join(folder, "tokens.h5"), os.path.join(folder, "tokens.json")
+        try:
+            preprocess(path, h5_path, json_path, 0.0, 0.0, encoding, log=lambda _: None)
+        except DecodeError as error:
+            raise UserError(f"{str(error).split(';')[0]}, but {what} reads {encoding} text") from None
+        vocab, splits = read_h5_json(h5_path, json_path)
+    return vocab, splits["train"]
+
+
+def describe(token: str, vocab: Vocab) -> str:
+    if vocab.is_bytes and ord(token) >= 128:
+        return f"byte 0x{ord(token):02x}"
+    return repr(token)
+
+
+def onto_checkpoint(ids: np.ndarray, data_vocab: Vocab, vocab: Vocab, text: str, path: str) -> np.ndarray:
+    """Data ids (of the data's own vocabulary) as the checkpoint's ids for the same characters."""
+    missing = [t for t in data_vocab.tokens if t not in vocab.index]
+    if missing:
+        names = " ".join(describe(t, data_vocab) for t in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise UserError(f"{text} has {len(missing)} character(s) that are not in the vocabulary of {path}: "
+                        f"{names}{more}; the model cannot score them")
+    if data_vocab.tokens == vocab.tokens:
+        return ids
+    mapping = np.array([vocab.index[t] for t in data_vocab.tokens], dtype=id_storage(len(vocab)))
+    return mapping[ids]
+
+
+def data_dir_ids(data_dir: str, vocab: Vocab, path: str, log) -> tuple[np.ndarray, str]:
+    """DIR/input.txt as the checkpoint's ids, tokenised as the checkpoint was trained (bytes for a
+    byte-level model such as a char-rnn .t7)."""
+    text = os.path.join(data_dir, "input.txt")
+    data_vocab, ids = load_data_dir(data_dir, log, BYTES if vocab.is_bytes else None)
+    return onto_checkpoint(ids, data_vocab, vocab, text, path), text
+
+
+def evaluate_data_dir(model, vocab: Vocab, opt, device: torch.device, log) -> Result:
+    """char-rnn's eval_split on the chosen split of DIR/input.txt (via train.evaluate_split)."""
+    ids, text = data_dir_ids(opt.data_dir, vocab, opt.checkpoint, log)
+    batch_size, seq_length = opt.batch_size, opt.seq_length
+    splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)
+    counts = ", ".join(f"{name} {splits[name].n_batches}" for name in SPLITS)
+    log(f"data: {text}, {len(ids)} characters; char-rnn batches of {batch_size} x {seq_length}, train_frac "
+        f"{lua_number(opt.train_frac)}, val_frac {lua_number(opt.val_frac)}: {counts}")
+    chosen = splits[opt.split]
+    if not chosen.wanted:
+        raise UserError(f"there is no {opt.split} split: -train_frac {lua_number(opt.train_frac)} and -val_frac "
+                        f"{lua_number(opt.val_frac)} leave no fraction for it")
+    if chosen.n_batches == 0:
+        raise UserError(f"the {opt.split} split of {text} ({len(ids)} characters; batches: {counts}) is too "
+                        f"small for one batch of {batch_size} x {seq_length} characters; use a smaller "
+                        f"-batch_size or -seq_length")
+    for name, split in splits.items():  # only the chosen split has to hold a batch here
+        split.wanted = name == opt.split
+    loader = BatchLoader(splits, batch_size, seq_length)
+    loss = evaluate_split(model, loader, opt.split, device)
+    return Result(loss, chosen.n_batches * batch_size * seq_length, f"split {opt.split} of {opt.data_dir}",
+                  opt.split)
+
+
+def evaluate_stream(model, ids: np.ndarray, device: torch.device, chunk_length: int | None = None) -> float:
+    """Mean loss over one stream: from a zero state, state carried from chunk to chunk, each token
+    predicted from all before it."""
+    chunk_length = chunk_length or INPUT_CHUNK
+    model.eval()
+    state = model.zero_state(1)
+    tokens = torch.from_numpy(ids.astype(np.int64))
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, chunk_length):
+            chunk = tokens[start:start + chunk_length + 1].to(device)
+            x, y = chunk[:-1].unsqueeze(0), chunk[1:]
+            logits, state = model(x, state)
+            # summed in float64 on the CPU (MPS has no float64)
+            total += F.cross_entropy(logits[0], y, reduction="none").cpu().double().sum().item()
+    return total / (len(ids) - 1)
+
+
+def evaluate_input(model, vocab: Vocab, opt, device: torch.device, log) -> Result:
+    if not os.path.isfile(opt.input):
+        raise UserError(f"input file {opt.input} does not exist")
+    data_vocab, ids = tokenise(opt.input, vocab.encoding, opt.checkpoint)
+    ids = onto_checkpoint(ids, data_vocab, vocab, opt.input, opt.checkpoint)
+    if len(ids) < 2:
+        raise UserError(f"{opt.input} has {len(ids)} character(s): at least 2 are needed to predict one")
+    log(f"data: {opt.input}, {len(ids)} characters, evaluated as one stream")
+    return Result(evaluate_stream(model, ids, device), len(ids) - 1, f"all of {opt.input}")
+
+
+def evaluate(argv: list[str]) -> Result:
+    parsed = parse_options(argv, "evaluate.py", "Loss, bits per character and perplexity of a checkpoint "
+                           "on text.", OPTIONS, positional=[("checkpoint", "model checkpoint (.pt or char-rnn .t7)")])
+    opt = parsed.values
+    check_source(opt, parsed.given)  # before the (slow) checkpoint load
+    checkpoint = load_checkpoint(opt.checkpoint)
+    resolve_options(opt, checkpoint.get("opt") or {})
+    log = diagnostic if opt.verbose else (lambda _: None)
+    configure_cpu(opt.threads)
+    device = select_device(opt.gpuid, opt.opencl, log=diagnostic)
+    vocab = checkpoint_vocab(checkpoint)
+    model = model_from_checkpoint(checkpoint, opt.checkpoint).to(device).eval()
+    shape = checkpoint["model"]
+    log(f"loaded {opt.checkpoint}: {shape['model_type']}, {shape['num_layers']} x {shape['rnn_size']}, "
+        f"vocabulary {len(vocab)} ({vocab.encoding})")
+    started = time.perf_counter()
+    if opt.data_dir:
+        result = evaluate_data_dir(model, vocab, opt, device, log)
+    else:
+        result = evaluate_input(model, vocab, opt, device, log)
+    log(f"evaluated in {time.perf_counter() - started:.2f}s on {device}")
+    return result
+
+
+def main(argv: list[str]) -> None:
+    print(evaluate(argv).line(), flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
