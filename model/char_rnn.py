@@ -54,12 +54,13 @@ class CharRNN(nn.Module):
         return F.embedding(tokens, i2h.weight.t()) + i2h.bias
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x: (batch, time) token indices -> logits (batch, time, vocab) and the final state."""
-        if self.use_kernel:
-            top, state = self._run_kernel(x, state)
-        else:
-            top, state = self._run_layers(x, state)
-        return self.decoder(self.dropout(top)), state
+        """x: (batch, time) token indices -> logits (batch, time, vocab) and the final state.
+
+        The layers run time-major (the kernels' own layout, and each step's rows contiguous); only
+        the top h is turned back to batch-major, before the decoder, so that the logits come out
+        contiguous in (batch, time) order."""
+        top, state = self._run(x.t(), state)
+        return self.decoder(self.dropout(top.transpose(0, 1))), state
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One character per stream (sampling): tokens (batch,) -> logits (batch, vocab).
@@ -96,39 +97,30 @@ class CharRNN(nn.Module):
             tops.append(layer_input)
         return self.decoder(self.dropout(torch.stack(tops, dim=1))), state
 
-    def _run_layers(self, x: torch.Tensor, state: State, layers: range | None = None,
-                    layer_input: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
-        """Layer by layer: each layer's input products for all time steps in one matrix product,
-        then its recurrence step by step."""
-        new_state = []
-        for n in layers or range(self.num_layers):
-            layer = self.layers[n]
-            sums = self.embed(x) if n == 0 else layer.i2h(self.dropout(layer_input))
-            layer_state = tuple(part[n] for part in state)
-            outputs = []
-            for t in range(sums.shape[1]):
-                layer_state = layer.step(sums[:, t], layer_state)
-                outputs.append(layer_state[0])
-            layer_input = torch.stack(outputs, dim=1)
-            new_state.append(layer_state)
-        return layer_input, tuple(torch.stack(parts) for parts in zip(*new_state))
+    def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x (time, batch) -> the top layer's h for every step (time, batch, H) and the final state.
 
-    def _run_kernel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """PyTorch's fused multi-layer kernel. Layer 1 goes in with one-hot input when the vocabulary
-        is small; otherwise it runs step by step on gathered columns and the kernel does the rest."""
-        gate_width = self.layers[0].i2h.out_features
-        if self.vocab_size * gate_width <= KERNEL_ONE_HOT_LIMIT:
-            first, layer_input, first_state = 0, F.one_hot(x, self.vocab_size).to(self.decoder.weight.dtype), ()
-        else:
-            layer_input, first_state = self._run_layers(x, state, range(1))
-            if self.num_layers == 1:
-                return layer_input, first_state
-            first, layer_input = 1, self.dropout(layer_input)
+        Layer 1 goes into the fused kernel with one-hot input when the vocabulary is small; else it
+        runs as its layer's `sequence` on gathered columns of i2h. The other layers run in the kernel
+        where the cell has one, else each as its `sequence`."""
+        first = self.layers[0]
+        if self.use_kernel and self.vocab_size * first.i2h.out_features <= KERNEL_ONE_HOT_LIMIT:
+            return self._kernel(F.one_hot(x, self.vocab_size).to(self.decoder.weight.dtype), state, 0)
+        layer_input, layer_state = first.sequence(x, tuple(part[0] for part in state))
+        states = [layer_state]
+        if self.num_layers > 1 and self.use_kernel:
+            layer_input, kernel_state = self._kernel(self.dropout(layer_input), state, 1)
+            return layer_input, tuple(torch.cat([a.unsqueeze(0), b]) for a, b in zip(layer_state, kernel_state))
+        for n in range(1, self.num_layers):
+            layer_input, layer_state = self.layers[n].sequence(self.dropout(layer_input),
+                                                               tuple(part[n] for part in state))
+            states.append(layer_state)
+        return layer_input, tuple(torch.stack(parts) for parts in zip(*states))
+
+    def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:
+        """PyTorch's fused multi-layer kernel on layers first.., time-major."""
         weights = [w for layer in self.layers[first:] for w in layer.kernel_weights()]
         hidden = tuple(part[first:] for part in state)
         result = self.layers[0].kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], weights, True,
-                                       self.num_layers - first, self.dropout.p, self.training, False, True)
-        top, kernel_state = result[0], result[1:]
-        if first_state:
-            kernel_state = tuple(torch.cat([a, b]) for a, b in zip(first_state, kernel_state))
-        return top, kernel_state
+                                       self.num_layers - first, self.dropout.p, self.training, False, False)
+        return result[0], tuple(result[1:])

@@ -1,6 +1,55 @@
 """char-rnn's vanilla RNN layer: h' = tanh(i2h(x) + h2h(h))."""
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class RNNSequence(torch.autograd.Function):
+    """The recurrence of one layer over a whole sequence, time-major, with a hand-written backward:
+    pre (T, B, H) the input products without bias, bias (H) both biases, w_hh (H, H). Returns the
+    outputs h_1..h_T (T, B, H) and the final h. Two calls per step each way."""
+
+    @staticmethod
+    def forward(ctx, pre, bias, w_hh, h0):
+        T, B, H = pre.shape
+        hs = pre.new_empty(T + 1, B, H)
+        hs[0] = h0
+        torch.add(pre, bias, out=hs[1:])  # becomes h_1..h_T in place
+        w_t = w_hh.t()
+        h_t = hs.unbind(0)
+        for t in range(T):
+            h_t[t + 1].addmm_(h_t[t], w_t).tanh_()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w_hh)
+        ctx.buffers = (hs,)
+        return hs[1:], hs[T]
+
+    @staticmethod
+    def backward(ctx, d_out, d_hT):
+        (w_hh,) = ctx.saved_tensors
+        (hs,) = ctx.buffers
+        del ctx.buffers
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        derivative = torch.mul(hs[1:], hs[1:]).neg_().add_(1)
+        d_pre = torch.empty_like(derivative)
+        d_pre_t, derivative_t = d_pre.unbind(0), derivative.unbind(0)
+        d_out_t = d_out.unbind(0) if d_out is not None else None
+        dh = d_hT
+        if d_out_t is not None:
+            dh = d_out_t[T - 1] if dh is None else dh + d_out_t[T - 1]
+        if dh is None:
+            dh = hs.new_zeros(B, H)
+        for t in range(T - 1, -1, -1):
+            torch.mul(dh, derivative_t[t], out=d_pre_t[t])
+            if t > 0 and d_out_t is not None:
+                dh = torch.addmm(d_out_t[t - 1], d_pre_t[t], w_hh)
+            else:
+                dh = torch.mm(d_pre_t[t], w_hh)
+        d_w = None
+        if ctx.needs_input_grad[2]:
+            d_w = torch.mm(d_pre.view(T * B, H).t(), hs[:-1].reshape(T * B, H))
+        d_bias = d_pre.view(T * B, H).sum(0) if ctx.needs_input_grad[1] else None
+        return d_pre, d_bias, d_w, dh
 
 
 class RNNLayer(nn.Module):
@@ -24,3 +73,11 @@ class RNNLayer(nn.Module):
 
     def kernel_weights(self) -> list[torch.Tensor]:
         return [self.i2h.weight, self.h2h.weight, self.i2h.bias, self.h2h.bias]
+
+    def sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
+        (T, B, input_size) -> outputs (T, B, H) and the final (h,)."""
+        w = self.i2h.weight
+        pre = F.embedding(x, w.t()) if x.dim() == 2 else F.linear(x, w)
+        out, h = RNNSequence.apply(pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
+        return out, (h,)
