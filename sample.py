@@ -7,7 +7,7 @@ import sys
 import torch
 
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
-from util.device import GPU_OPTIONS, configure_cpu, select_device
+from util.device import GPU_OPTIONS, configure_cpu, manual_seed, select_device
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     # One character at a time, every product is tiny: a second thread only adds hand-over costs
     # (measured with bench/sample_speed.py), so sampling uses one.
     configure_cpu(1)
-    torch.manual_seed(opt.seed)
+    manual_seed(opt.seed)
     model = model_from_checkpoint(checkpoint, opt.checkpoint).to(device).eval()
     if opt.verbose:
         shape = checkpoint["model"]

@@ -3,6 +3,7 @@
     python train.py -rnn_size 256 -num_layers 2 -gpuid 0
 """
 import csv
+import math
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from model import LAYERS, CharRNN, State
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
-from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device, synchronize
+from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, manual_seed, select_device, synchronize
 from util import distributed
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
@@ -62,10 +63,12 @@ def check_options(opt) -> None:
         raise UserError(f"-model must be lstm, gru or rnn, not '{opt.model}'")
     for name in ("rnn_size", "num_layers", "seq_length", "batch_size", "max_epochs", "learning_rate",
                  "grad_clip", "print_every", "eval_val_every"):
-        if getattr(opt, name) <= 0:
-            raise UserError(f"-{name} must be positive, not {lua_number(getattr(opt, name))}")
-    if not 0 <= opt.dropout < 1:
-        raise UserError(f"-dropout must be in [0, 1), not {lua_number(opt.dropout)}")
+        value = getattr(opt, name)
+        if not 0 < value < math.inf:
+            raise UserError(f"-{name} must be a positive number, not {lua_number(value)}")
+    for name in ("dropout", "decay_rate"):
+        if not 0 <= getattr(opt, name) < 1:
+            raise UserError(f"-{name} must be in [0, 1), not {lua_number(getattr(opt, name))}")
     if not (0 <= opt.train_frac <= 1 and 0 <= opt.val_frac <= 1 and opt.train_frac + opt.val_frac <= 1):
         raise UserError("-train_frac and -val_frac must be in [0, 1] and sum to at most 1")
     if opt.init_from and opt.resume:
@@ -81,7 +84,7 @@ def resumed_options(parsed, checkpoint: dict):
             raise UserError(f"-{name} {lua_number(getattr(opt, name))} conflicts with the checkpoint's "
                             f"{lua_number(saved.get(name))}; -resume continues the same model on the same data")
     for name, value in saved.items():
-        if name not in parsed.given and name != "resume":
+        if name not in parsed.given and name not in ("resume", "init_from"):
             setattr(opt, name, value)
     return opt
 
@@ -174,7 +177,7 @@ def main(argv: list[str]) -> int:
 
 def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -> int:
     say = print if ranks.is_main else (lambda *_, **__: None)
-    torch.manual_seed(opt.seed)
+    manual_seed(opt.seed)
     device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
     opt.data_source = resume["opt"]["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
@@ -217,10 +220,13 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
         last_saved = opt.resume
         say(f"resuming at iteration {first_iteration} of {iterations}")
     if ranks.active:  # each process draws its own dropout masks
-        torch.manual_seed(opt.seed + 1_000_003 * ranks.rank + first_iteration)
+        torch.manual_seed((opt.seed + 1_000_003 * ranks.rank + first_iteration) % 2 ** 63)
 
     if ranks.is_main:
-        os.makedirs(opt.checkpoint_dir, exist_ok=True)
+        try:
+            os.makedirs(opt.checkpoint_dir, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create -checkpoint_dir {opt.checkpoint_dir}: {error.strerror}") from None
         log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
 
     def save(iteration: int, val_loss: float | None) -> str:

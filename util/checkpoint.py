@@ -47,14 +47,18 @@ def save_checkpoint(path: str, checkpoint: dict) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         if os.path.exists(temporary):
             os.remove(temporary)
-        raise UserError(f"cannot write checkpoint {path}: {error.strerror or error}") from None
+        cause = error if isinstance(error, OSError) else error.__context__
+        reason = getattr(cause, "strerror", None) or "the disk may be full"
+        raise UserError(f"cannot write checkpoint {path}: {reason}; earlier checkpoints are unchanged") from None
 
 
 def load_checkpoint(path: str) -> dict:
     """Read a .pt (this project) or .t7 (Torch7 char-rnn) checkpoint; any problem is a UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise UserError(f"File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?")
     if path.endswith(".t7"):
@@ -108,6 +112,7 @@ def model_from_checkpoint(checkpoint: dict, path: str, dropout: float | None = N
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as error:
-        raise UserError(f"{path}: the weights do not fit the model it describes ({str(error).splitlines()[0]})") from None
+        detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise UserError(f"{path}: the weights do not fit the model it describes ({detail})") from None
     return model
 

@@ -119,6 +119,8 @@ def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, tes
     if os.path.abspath(output_h5) == os.path.abspath(output_json):
         raise UserError("-output_h5 and -output_json must be different files")
     for output in (output_h5, output_json):
+        if os.path.exists(output) and os.path.samefile(output, path):
+            raise UserError(f"output {output} is the input file; choose another -output_h5/-output_json")
         if os.path.isdir(output):
             raise UserError(f"output {output} is a folder, not a file name")
         folder = os.path.dirname(os.path.abspath(output))

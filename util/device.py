@@ -40,6 +40,13 @@ def configure_cpu(threads: int) -> None:
     torch.set_flush_denormal(True)
 
 
+def manual_seed(seed: int) -> None:
+    """torch.manual_seed, with a seed outside its 64-bit range as a user error."""
+    if not -(2 ** 63) <= seed < 2 ** 64:
+        raise UserError(f"-seed must fit in 64 bits, not {seed}")
+    torch.manual_seed(seed)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer reads the real time of a batch."""
     if device.type == "cuda":

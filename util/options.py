@@ -49,8 +49,11 @@ def _convert(option: Option, text: str) -> Any:
         if text not in ("0", "1"):
             raise UserError(f"option -{option.name} is a flag: give it alone, or with 0 or 1, not '{text}'")
         return int(text)
-    if option.kind is int and text.strip().lstrip("+-").isdigit():
-        return int(text)  # exact, even beyond a double's 53 bits
+    if option.kind is int:
+        try:
+            return int(text)  # exact, even beyond a double's 53 bits
+        except ValueError:
+            pass
     try:
         number = float(text)
     except ValueError:
