@@ -169,10 +169,9 @@ def main(argv: list[str]) -> int:
     check_options(opt)
     configure_cpu(opt.threads)
     ranks = distributed.start(use_cuda=opt.gpuid >= 0 and torch.cuda.is_available())
-    try:
-        return train(opt, parsed.given, resume, ranks)
-    finally:
-        distributed.finish(ranks)
+    status = train(opt, parsed.given, resume, ranks)
+    distributed.finish(ranks)
+    return status
 
 
 def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -> int:

@@ -1,24 +1,39 @@
 """The character model: one-hot input, a stack of recurrent layers, a Linear decoder.
 
 The input of layer 1 is the one-hot of the token times i2h's weight, which is the same as picking
-the token's column of that weight (a gather), so no one-hot matrix is built on the fast paths.
-Dropout acts on the inputs of layers 2..n and on the top h before the decoder, never on the
-recurrent state. `forward` returns logits; log_softmax is applied by the loss and the sampler.
+the token's column of that weight (a gather). Dropout acts on the inputs of layers 2..n and on the
+top h before the decoder, never on the recurrent state. `forward` returns logits; log_softmax is
+applied by the loss and the sampler.
+
+`forward_steps` is char-rnn's graph step by step, the reference. `forward` gives the same numbers
+faster (tests/test_model.py compares outputs, state and gradients of every path):
+- LSTM (and RNN on GPUs): PyTorch's fused kernel. Layer 1 takes the one-hot as its input up to
+  KERNEL_ONE_HOT_LIMIT tokens; for larger vocabularies it runs as its layer's `sequence` on
+  gathered columns of i2h, and the kernel runs layers 2..n.
+- GRU (nn.GRU computes another candidate) and RNN on the CPU (where torch.rnn_tanh is no fused
+  kernel): each layer as its `sequence`, a hand-written autograd Function over the whole sequence.
+`step` is the sampler's one-character step.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.gru import GRULayer
-from model.lstm import LSTMLayer
+from model.lstm import LSTMLayer, kernel_order
 from model.rnn import RNNLayer
 
 LAYERS = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
 State = tuple[torch.Tensor, ...]  # for LSTM (h, c), else (h,); each (num_layers, batch, rnn_size)
 
-# Above this many one-hot input weights, the fused kernel's one-hot product costs more than
-# running layer 1 step by step on gathered columns (measured on CPU with bench/train_speed.py).
-KERNEL_ONE_HOT_LIMIT = 1 << 18
+# The largest vocabulary whose one-hot goes into the fused kernel as layer 1's input; above it
+# layer 1 runs as its `sequence` on gathered columns of i2h (the kernel still runs layers 2..n).
+# Measured on the CPU (2 cores, torch 2.13, oneDNN; LSTM training steps, 2 layers, batch 50 x 50,
+# both paths timed in turns): the kernel was faster by 3-8% at vocabulary 65 (H 128, 256, 512) and
+# by 4% at 128 with H 512; the two were even at 128 with H 256, at 256 with H 128 and 512 and at
+# 384 with H 512; the sequence was faster at 192 and 256 with H 256 (5%, 9%), at 384 and 512 with
+# H 128 (24%, 40%) and at 768 with H 512 (11%). The kernel's cost grows with the one-hot product
+# (vocabulary x 4H for every character, forward and twice backward), the sequence's does not.
+KERNEL_ONE_HOT_LIMIT = 128
 
 
 class CharRNN(nn.Module):
@@ -31,6 +46,7 @@ class CharRNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(rnn_size, vocab_size)
         self.use_kernel = layer_class.kernel is not None
+        self._kernel_order_cache: dict[int, dict] = {}
 
     def initialize(self) -> None:
         """char-rnn's initialisation: uniform in [-0.08, 0.08], LSTM forget biases 1."""
@@ -104,11 +120,13 @@ class CharRNN(nn.Module):
         runs as its layer's `sequence` on gathered columns of i2h. The other layers run in the kernel
         where the cell has one, else each as its `sequence`."""
         first = self.layers[0]
-        if self.use_kernel and self.vocab_size * first.i2h.out_features <= KERNEL_ONE_HOT_LIMIT:
-            return self._kernel(F.one_hot(x, self.vocab_size).to(self.decoder.weight.dtype), state, 0)
+        use_kernel = self.use_kernel and (x.device.type != "cpu" or first.kernel_on_cpu)
+        if use_kernel and self.vocab_size <= KERNEL_ONE_HOT_LIMIT:
+            one_hot = x.new_zeros(*x.shape, self.vocab_size, dtype=self.decoder.weight.dtype)
+            return self._kernel(one_hot.scatter_(2, x.unsqueeze(2), 1.0), state, 0)
         layer_input, layer_state = first.sequence(x, tuple(part[0] for part in state))
         states = [layer_state]
-        if self.num_layers > 1 and self.use_kernel:
+        if self.num_layers > 1 and use_kernel:
             layer_input, kernel_state = self._kernel(self.dropout(layer_input), state, 1)
             return layer_input, tuple(torch.cat([a.unsqueeze(0), b]) for a, b in zip(layer_state, kernel_state))
         for n in range(1, self.num_layers):
@@ -117,9 +135,17 @@ class CharRNN(nn.Module):
             states.append(layer_state)
         return layer_input, tuple(torch.stack(parts) for parts in zip(*states))
 
+    def kernel_weights(self, first: int = 0) -> list[torch.Tensor]:
+        """The kernel's weights of layers first.., four per layer: for an LSTM permuted to the kernel's
+        gate order all in one autograd node (one call less per layer each way)."""
+        if self.model_type == "lstm":
+            return kernel_order([w for layer in self.layers[first:] for w in layer.char_rnn_weights()],
+                                self._kernel_order_cache.setdefault(first, {}))
+        return [w for layer in self.layers[first:] for w in layer.kernel_weights()]
+
     def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:
         """PyTorch's fused multi-layer kernel on layers first.., time-major."""
-        weights = [w for layer in self.layers[first:] for w in layer.kernel_weights()]
+        weights = self.kernel_weights(first)
         hidden = tuple(part[first:] for part in state)
         result = self.layers[0].kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], weights, True,
                                        self.num_layers - first, self.dropout.p, self.training, False, False)

@@ -4,6 +4,34 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class GatherColumns(torch.autograd.Function):
+    """weight (G, V) and tokens (T, B) -> (T, B, G): each token's column of the weight, which is the
+    product of the token's one-hot with weight.t(). A strided view of one index_select along the
+    columns (a gather along rows of weight.t() reads every element from another cache line, and
+    F.embedding's backward would go through more steps); the gradient is a scatter-add of rows."""
+
+    @staticmethod
+    def forward(ctx, weight, tokens):
+        ctx.save_for_backward(tokens)
+        ctx.vocab_size = weight.shape[1]
+        T, B = tokens.shape
+        return weight.index_select(1, tokens.reshape(-1)).t().view(T, B, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (tokens,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        rows = torch.ops.aten.embedding_dense_backward(grad.reshape(-1, grad.shape[-1]), tokens.reshape(-1),
+                                                        ctx.vocab_size, -1, False)
+        return rows.t(), None
+
+
+def gather_columns(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The one-hot input product of layer 1 for token ids (T, B), without the bias: (T, B, G)."""
+    return GatherColumns.apply(weight, tokens)
+
+
 class RNNSequence(torch.autograd.Function):
     """The recurrence of one layer over a whole sequence, time-major, with a hand-written backward:
     pre (T, B, H) the input products without bias, bias (H) both biases, w_hh (H, H). Returns the
@@ -20,19 +48,15 @@ class RNNSequence(torch.autograd.Function):
         for t in range(T):
             h_t[t + 1].addmm_(h_t[t], w_t).tanh_()
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w_hh)
-        ctx.buffers = (hs,)
+        ctx.save_for_backward(w_hh, hs)
         return hs[1:], hs[T]
 
     @staticmethod
     def backward(ctx, d_out, d_hT):
-        (w_hh,) = ctx.saved_tensors
-        (hs,) = ctx.buffers
-        del ctx.buffers
+        w_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        derivative = torch.mul(hs[1:], hs[1:]).neg_().add_(1)
-        d_pre = torch.empty_like(derivative)
-        d_pre_t, derivative_t = d_pre.unbind(0), derivative.unbind(0)
+        d_pre = torch.mul(hs[1:], hs[1:]).neg_().add_(1)  # tanh's derivative, then in place d_pre
+        d_pre_t = d_pre.unbind(0)
         d_out_t = d_out.unbind(0) if d_out is not None else None
         dh = d_hT
         if d_out_t is not None:
@@ -40,7 +64,7 @@ class RNNSequence(torch.autograd.Function):
         if dh is None:
             dh = hs.new_zeros(B, H)
         for t in range(T - 1, -1, -1):
-            torch.mul(dh, derivative_t[t], out=d_pre_t[t])
+            d_pre_t[t].mul_(dh)
             if t > 0 and d_out_t is not None:
                 dh = torch.addmm(d_out_t[t - 1], d_pre_t[t], w_hh)
             else:
@@ -55,6 +79,10 @@ class RNNSequence(torch.autograd.Function):
 class RNNLayer(nn.Module):
     state_names = ("h",)
     kernel = staticmethod(torch.rnn_tanh)  # PyTorch's fused tanh RNN, the same equation
+    # On the CPU torch.rnn_tanh is no fused kernel (oneDNN serves only the LSTM): it steps through
+    # time recording autograd nodes. RNNSequence trains 2 x 128 about 1.35x faster there
+    # (bench/train_speed.py), so the kernel is used on GPUs only.
+    kernel_on_cpu = False
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -78,6 +106,6 @@ class RNNLayer(nn.Module):
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
         (T, B, input_size) -> outputs (T, B, H) and the final (h,)."""
         w = self.i2h.weight
-        pre = F.embedding(x, w.t()) if x.dim() == 2 else F.linear(x, w)
+        pre = gather_columns(w, x) if x.dim() == 2 else F.linear(x, w)
         out, h = RNNSequence.apply(pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
         return out, (h,)

@@ -10,7 +10,6 @@ import model.char_rnn as char_rnn
 from model import CharRNN
 
 CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of i2h per hidden unit
 RTOL, ATOL = 1e-5, 1e-6
 # Gradients are sums over batch and time that reach a few hundred here; float32 sums taken in
 # another order differ by a few float32 epsilons of that size (float64 check: <= 4e-7 of it).
@@ -164,8 +163,8 @@ def test_hand_computation_detects_swapped_lstm_gates():
 # ---- fast paths against the plain per-step graph -----------------------------------------------
 
 def big_vocab(cell, rnn_size):
-    """The smallest vocabulary whose one-hot product is above the kernel's limit."""
-    return char_rnn.KERNEL_ONE_HOT_LIMIT // (GATES[cell] * rnn_size) + 1
+    """The smallest vocabulary above the kernel's one-hot limit."""
+    return char_rnn.KERNEL_ONE_HOT_LIMIT + 1
 
 
 class KernelSpy:
@@ -195,15 +194,21 @@ def run_and_grad(model, run, x, state, seed=3):
     return logits.detach(), tuple(part.detach() for part in final), grads
 
 
-@pytest.mark.parametrize("cell", CELLS)
+# (cell, whether its fused kernel runs on the CPU): the CPU default of each cell, and the other
+# choice too, so that both the kernel path (GPUs) and the sequence path are checked for LSTM and RNN
+PATHS = [("lstm", True), ("lstm", False), ("gru", False), ("rnn", False), ("rnn", True)]
+
+
+@pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)
 @pytest.mark.parametrize("vocab", ["small", "large"])
 @pytest.mark.parametrize("num_layers", [1, 3])
-def test_fast_path_equals_per_step_graph(cell, vocab, num_layers):
+def test_fast_path_equals_per_step_graph(cell, kernel_on_cpu, vocab, num_layers, monkeypatch):
     H, B, T = 8, 3, 6
     V = 11 if vocab == "small" else big_vocab(cell, H)
-    gate_width = GATES[cell] * H
-    assert (V * gate_width > char_rnn.KERNEL_ONE_HOT_LIMIT) == (vocab == "large")
+    assert (V > char_rnn.KERNEL_ONE_HOT_LIMIT) == (vocab == "large")
     model = make_model(cell, V, H, num_layers, dropout=0.5).eval()
+    assert model.layers[0].kernel_on_cpu == (cell == "lstm")  # the defaults
+    monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", kernel_on_cpu)
     spy = KernelSpy(model.layers[0].kernel) if model.layers[0].kernel is not None else None
     if spy is not None:
         model.layers[0].kernel = spy
@@ -216,10 +221,12 @@ def test_fast_path_equals_per_step_graph(cell, vocab, num_layers):
     # the path under test is the one intended
     if cell == "gru":
         assert not model.use_kernel
+    elif not kernel_on_cpu:
+        assert spy.calls == []  # every layer as its `sequence`
     elif vocab == "small":
         assert spy.calls == [(V, num_layers)]  # one-hot input into the kernel, all layers
     else:
-        assert spy.calls == ([] if num_layers == 1 else [(H, num_layers - 1)])  # layer 1 step by step
+        assert spy.calls == ([] if num_layers == 1 else [(H, num_layers - 1)])  # layer 1 as a sequence
     assert logits.shape == (B, T, V)
     close(logits, ref_logits)
     assert len(final) == len(ref_final) == (2 if cell == "lstm" else 1)
@@ -234,6 +241,99 @@ def test_fast_path_equals_per_step_graph(cell, vocab, num_layers):
     # gradients reach the parameters and nothing else
     assert all(not part.requires_grad and part.grad is None for part in state)
     assert x.grad is None
+
+
+@pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)
+@pytest.mark.parametrize("vocab", ["small", "large"])
+@pytest.mark.parametrize("loss_of", ["outputs", "final state"])
+def test_fast_path_gradients_from_part_of_the_outputs(cell, kernel_on_cpu, vocab, loss_of, monkeypatch):
+    """Training uses the logits only (the state is carried detached); the hand-written backwards
+    get no gradient for the final state then, or none for the outputs in the other case."""
+    H, B, T = 8, 3, 5
+    V = 11 if vocab == "small" else big_vocab(cell, H)
+    model = make_model(cell, V, H, 2, dropout=0.5).eval()
+    monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", kernel_on_cpu)
+    state = random_state(model, B)
+    x = tokens(V, B, T)
+    results = []
+    for run in (model.forward, model.forward_steps):
+        model.zero_grad(set_to_none=True)
+        logits, final = run(x, state)
+        loss = (logits ** 2).sum() if loss_of == "outputs" else sum((part ** 2).sum() for part in final)
+        loss.backward()
+        results.append({n: p.grad for n, p in model.named_parameters()})
+    got, want = results
+    for name in want:
+        if want[name] is None:  # the decoder, when only the state counts
+            assert got[name] is None or not got[name].any(), name
+            continue
+        scale = want[name].abs().max().item()
+        close(got[name], want[name], name, atol=GRAD_ATOL * max(1.0, scale))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sequence_backward_is_the_derivative(cell):
+    """Each cell's hand-written backward against numerical derivatives (float64), with gradients
+    for every output, the initial state included."""
+    from model.gru import GRUSequence
+    from model.lstm import LSTMSequence
+    from model.rnn import RNNSequence
+    T, B, H = 4, 3, 5
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return (torch.rand(*shape, generator=generator, dtype=torch.float64) - 0.5).requires_grad_()
+
+    if cell == "lstm":
+        function, inputs = LSTMSequence, (rand(T, B, 4 * H), rand(4 * H), rand(4 * H, H), rand(B, H), rand(B, H))
+    elif cell == "gru":
+        function, inputs = GRUSequence, (rand(T, B, 3 * H), rand(3 * H), rand(2 * H, H), rand(H, H), rand(B, H))
+    else:
+        function, inputs = RNNSequence, (rand(T, B, H), rand(H), rand(H, H), rand(B, H))
+    inputs = tuple(t * 4 for t in inputs)  # spread the pre-activations over the nonlinearities
+    inputs = tuple(t.detach().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(function.apply, inputs)
+
+
+def test_kernel_weights_follow_the_parameters():
+    """The LSTM kernel path keeps views of its parameters between calls (for the gate permutation):
+    they must see in-place updates (the optimizer's) and give way when a parameter is replaced."""
+    model = make_model("lstm", 11, 8, 2).eval()
+    state = random_state(model, 3)
+    x = tokens(11, 3, 5)
+
+    def check():
+        with torch.no_grad():
+            logits, final = model(x, state)
+            ref_logits, ref_final = model.forward_steps(x, state)
+        close(logits, ref_logits)
+        for got, want in zip(final, ref_final):
+            close(got, want)
+
+    check()
+    with torch.no_grad():  # in place, as the optimizer does
+        for p in model.parameters():
+            p.mul_(-0.9)
+    check()
+    model.layers[1].h2h.weight = torch.nn.Parameter(torch.rand(32, 8) - 0.5)  # replaced
+    model.layers[0].i2h.weight.data = torch.rand(32, 11) - 0.5  # new memory under the same Parameter
+    check()
+    model.load_state_dict(make_model("lstm", 11, 8, 2, seed=5).state_dict())  # copied into place
+    check()
+
+
+def test_gather_columns_is_the_one_hot_product():
+    from model.rnn import gather_columns
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.rand(6, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    x = tokens(9, 3, 4)
+    got = gather_columns(weight, x.t())
+    want = F.one_hot(x.t(), 9).double() @ weight.t()
+    assert torch.equal(got, want)
+    grad = torch.rand(got.shape, generator=generator, dtype=torch.float64)
+    (got_grad,) = torch.autograd.grad(got, weight, grad)
+    (want_grad,) = torch.autograd.grad(want, weight, grad)
+    close(got_grad, want_grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -77,5 +77,7 @@ def start(use_cuda: bool) -> Ranks:
 
 
 def finish(ranks: Ranks) -> None:
+    """Leave the group together: a process tearing it down while another still uses it can abort."""
     if ranks.active:
+        dist.barrier()
         dist.destroy_process_group()
