@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.rnn import gather_columns
+from model.sequence import gather_columns, last_step_gradient
 
 
 class GRUSequence(torch.autograd.Function):
@@ -63,12 +63,7 @@ class GRUSequence(torch.autograd.Function):
         d_zc_t = d_gates.view(T, B, 3, H)[:, :, ::2].unbind(0)  # the z and h~ blocks, strided
         d_zr_t, d_r_t, d_c_t = (part.unbind(0) for part in (d_gates[:, :, :2 * H], *d_gates.split(H, dim=2)[1:]))
         P_zc_t, P_r_t, omz_t, r_t = P_zc.unbind(0), P_r.unbind(0), one_minus_z.unbind(0), r.unbind(0)
-        d_out_t = d_out.unbind(0) if d_out is not None else None
-        dh = d_hT
-        if d_out_t is not None:
-            dh = d_out_t[T - 1] if dh is None else dh + d_out_t[T - 1]
-        if dh is None:
-            dh = hs.new_zeros(B, H)
+        d_out_t, dh = last_step_gradient(d_out, d_hT, hs)
         for t in range(T - 1, -1, -1):
             torch.mul(dh.unsqueeze(1), P_zc_t[t], out=d_zc_t[t])
             d_rh = torch.mm(d_c_t[t], w_c)

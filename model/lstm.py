@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.rnn import gather_columns
+from model.sequence import gather_columns, last_step_gradient
 
 
 def swapped_blocks(tensors) -> list[torch.Tensor]:
@@ -110,12 +110,7 @@ class LSTMSequence(torch.autograd.Function):
         d_if_t = d_gates[:, :, :2 * H].view(T, B, 2, H).unbind(0)
         d_o_t, d_g_t, d_all_t = d_gates[:, :, 2 * H:3 * H].unbind(0), d_gates[:, :, 3 * H:].unbind(0), d_gates.unbind(0)
         A_t, P_if_t, P_g_t, Q_t, f_t = A.unbind(0), P_if.unbind(0), P_g.unbind(0), Q.unbind(0), f.unbind(0)
-        d_out_t = d_out.unbind(0) if d_out is not None else None
-        dh = d_hT
-        if d_out_t is not None:
-            dh = d_out_t[T - 1] if dh is None else dh + d_out_t[T - 1]
-        if dh is None:
-            dh = hs.new_zeros(B, H)
+        d_out_t, dh = last_step_gradient(d_out, d_hT, hs)
         dc = d_cT
         for t in range(T - 1, -1, -1):
             dc = dh * A_t[t] if dc is None else torch.addcmul(dc, dh, A_t[t])

@@ -3,33 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class GatherColumns(torch.autograd.Function):
-    """weight (G, V) and tokens (T, B) -> (T, B, G): each token's column of the weight, which is the
-    product of the token's one-hot with weight.t(). A strided view of one index_select along the
-    columns (a gather along rows of weight.t() reads every element from another cache line, and
-    F.embedding's backward would go through more steps); the gradient is a scatter-add of rows."""
-
-    @staticmethod
-    def forward(ctx, weight, tokens):
-        ctx.save_for_backward(tokens)
-        ctx.vocab_size = weight.shape[1]
-        T, B = tokens.shape
-        return weight.index_select(1, tokens.reshape(-1)).t().view(T, B, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (tokens,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        rows = torch.ops.aten.embedding_dense_backward(grad.reshape(-1, grad.shape[-1]), tokens.reshape(-1),
-                                                        ctx.vocab_size, -1, False)
-        return rows.t(), None
-
-
-def gather_columns(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """The one-hot input product of layer 1 for token ids (T, B), without the bias: (T, B, G)."""
-    return GatherColumns.apply(weight, tokens)
+from model.sequence import gather_columns, last_step_gradient
 
 
 class RNNSequence(torch.autograd.Function):
@@ -57,12 +31,7 @@ class RNNSequence(torch.autograd.Function):
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         d_pre = torch.mul(hs[1:], hs[1:]).neg_().add_(1)  # tanh's derivative, then in place d_pre
         d_pre_t = d_pre.unbind(0)
-        d_out_t = d_out.unbind(0) if d_out is not None else None
-        dh = d_hT
-        if d_out_t is not None:
-            dh = d_out_t[T - 1] if dh is None else dh + d_out_t[T - 1]
-        if dh is None:
-            dh = hs.new_zeros(B, H)
+        d_out_t, dh = last_step_gradient(d_out, d_hT, hs)
         for t in range(T - 1, -1, -1):
             d_pre_t[t].mul_(dh)
             if t > 0 and d_out_t is not None:
