@@ -6,7 +6,6 @@ import csv
 import math
 import os
 import signal
-import sys
 import time
 
 from typing import Callable

@@ -1,10 +1,9 @@
 """util/options.py: Torch7-style options, their typing, errors and help (SPEC §2)."""
-import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import REPO, assert_user_error, run_script
+from conftest import assert_user_error, run_script
 from util.errors import UserError
 from util.options import Option, lua_number, parse_options
 

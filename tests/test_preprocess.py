@@ -1,6 +1,5 @@
 """preprocess.py end to end, as a user runs it, plus in-process properties of util/corpus.py
 (SPEC §2.1)."""
-import json
 import os
 import tempfile
 from pathlib import Path

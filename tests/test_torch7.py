@@ -13,8 +13,23 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from t7_writer import TensorView, write_t7
-from util.torch7 import (TableKey, TorchObject, load_char_rnn_checkpoint, load_char_rnn_data,
-                         load_char_rnn_vocab, read_t7)
+from util.torch7 import TableKey, TorchObject, _tokens, load_char_rnn_checkpoint, read_t7
+
+# char-rnn's loader caches (vocab.t7, data.t7): read here only to check the reader on real files.
+def load_char_rnn_vocab(path: str | Path) -> list[str]:
+    """char-rnn's vocab.t7 loader cache as a token list: our index k is char-rnn's k+1."""
+    return _tokens(read_t7(path), path)
+
+
+def load_char_rnn_data(path: str | Path) -> np.ndarray:
+    """char-rnn's data.t7 loader cache (a ByteTensor of 1-based vocabulary indices) as a uint8
+    array of our 0-based token indices."""
+    data = read_t7(path)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1
+            and (data.size == 0 or data.min() >= 1)):
+        raise ValueError(f"{path} is not a char-rnn data.t7 (a ByteTensor of indices from 1)")
+    return data - 1
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "t7"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "t7"  # ../shared/t7 from the repo root

@@ -270,21 +270,6 @@ def _tokens(vocab: object, path: str | os.PathLike) -> list[str]:
     return tokens
 
 
-def load_char_rnn_vocab(path: str | os.PathLike) -> list[str]:
-    """char-rnn's vocab.t7 loader cache as a token list: our index k is char-rnn's k+1."""
-    return _tokens(read_t7(path), path)
-
-
-def load_char_rnn_data(path: str | os.PathLike) -> np.ndarray:
-    """char-rnn's data.t7 loader cache (a ByteTensor of 1-based vocabulary indices) as a uint8
-    array of our 0-based token indices."""
-    data = read_t7(path)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1
-            and (data.size == 0 or data.min() >= 1)):
-        raise ValueError(f"{path} is not a char-rnn data.t7 (a ByteTensor of indices from 1)")
-    return data - 1
-
-
 class _ForwardGraph:
     """The forward graph of an nngraph gModule, navigated by module class names.
 
