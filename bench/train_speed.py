@@ -1,26 +1,31 @@
 """Training speed: characters per second of one training step (batch 50 x 50 by default, RMSprop,
-element-wise gradient clamp), three ways side by side in one process:
+element-wise gradient clamp), side by side in one run:
 
   plain    char-rnn's graph step by step (CharRNN.forward_steps: one-hot input, the cell's Linears),
            then log_softmax + NLL, backward, torch.nn.utils.clip_grad_value_, RMSprop.
   nn.LSTM  torch.nn.LSTM (nn.RNN for the RNN row) on one-hot input, batch_first, a Linear decoder,
            log_softmax + NLL, backward, clip_grad_value_, RMSprop: what a plain PyTorch script does.
+  nn+kept  the same nn.LSTM script in a process set up as train.py sets up its own: it shows how much
+           of ours/nn.LSTM comes from that set-up (freed memory kept for reuse) and how much from the
+           step itself.
   ours     this project's step exactly as train.py runs it: train.forward_backward(model, x, y,
            state, grad_clip), loss.item(), optimizer.step() with
-           torch.optim.RMSprop(params, lr, alpha=decay_rate, eps=1e-8).
+           torch.optim.RMSprop(params, lr, alpha=decay_rate, eps=1e-8), in a process set up by
+           util.device.configure_cpu(threads) as train.py does.
 
     .venv/bin/python bench/train_speed.py [-configs 2x128,2x256,3x512,2x256v2583,gru2x128,rnn2x128]
-        [-rounds 7] [-seconds 1.0] [-iters 0] [-threads 0] [-memory_iters 10,40] [-no_flops] [-no_memory]
-        [-mallopt]
+        [-rounds 7] [-seconds 1.0] [-iters 0] [-threads 0] [-memory_iters 10,40,160] [-no_flops] [-no_memory]
 
-util.device.configure_cpu(threads) is called once, as train.py does, before anything is built: it
-sets the thread count and flushes denormals to zero for the whole process, so every contender runs
-under the same settings. Every contender trains on the same random batches of the row's vocabulary
-(four batches in turn) and carries its state from batch to batch, as training does; all calls
-loss.item() once a step, as train.py does. The contenders of a row are timed in turns (`rounds`
-rounds, the order rotated each round, each round about `seconds` long, or `iters` steps each when
--iters is given) after a warm-up, and the table gives each one's median round: the machine may be
-shared, and interleaving spreads a disturbance over all contenders instead of one.
+Each contender runs in its own Python process, because train.py's set-up is process-wide: glibc's
+malloc told to keep freed memory (util.device.keep_freed_memory), which spares a step the page
+faults of allocating its large temporaries afresh. Every process uses the same number of threads
+and flushes denormals to zero; plain and nn.LSTM keep glibc's default allocator, as a plain script
+does. Every contender trains on the same random batches of the row's vocabulary (four batches in
+turn) and carries its state from batch to batch, as training does; all call loss.item() once a
+step, as train.py does. The contenders of a row are timed in turns (`rounds` rounds, the order
+rotated each round, each round about `seconds` long, or `iters` steps each when -iters is given;
+only one process runs at a time) after a warm-up, and the table gives each one's median round: the
+machine may be shared, and interleaving spreads a disturbance over all contenders instead of one.
 
 For the 3 x 512 row the benchmark also prints the useful GFLOP/s of our step and its fraction of a
 bound computed from matrix-multiply rates measured in the same run. Useful work counts only the
@@ -38,8 +43,10 @@ the training steps, so that both see the same machine. Fraction = bound time / o
 Each shape's own rate is printed too, for the record.
 
 Memory: peak resident memory (VmHWM of /proc/self/status) of a 3 x 512 LSTM training run of
-train.py on data/tinyshakespeare (a fresh Python process per run, checkpoints into a temporary
-folder), at two iteration counts: the peak must not grow with the number of iterations.
+train.py on data/tinyshakespeare (a fresh Python process per run, validation every 20 iterations,
+checkpoints into a temporary folder), at several iteration counts: the peak must not grow with the
+number of iterations. One more run at the middle count shows the peak with glibc's default
+allocator (train.py with keep_freed_memory switched off).
 """
 import argparse
 import os
@@ -164,19 +171,67 @@ def time_steps(step, iters: int) -> float:
     return (time.perf_counter() - started) / iters
 
 
-def measure_row(trainers: dict, rounds: int, seconds: float, iters: int) -> dict:
-    """Median seconds per step of each trainer, timed in interleaved rounds."""
-    per_round = {}
-    for name, step in trainers.items():
-        step()  # warm-up: first calls allocate and pick kernels
-        step()
-        warm = time_steps(step, 1)
-        per_round[name] = iters or max(1, round(seconds / warm))
-    times = {name: [] for name in trainers}
-    names = list(trainers)
+# ---- contenders in their own processes ---------------------------------------------------------------
+
+TRAINERS = {"plain": plain_trainer, "nn": torch_nn_trainer, "nn_kept": torch_nn_trainer, "ours": our_trainer}
+TRAIN_PY_SETUP = ("nn_kept", "ours")  # processes set up by configure_cpu, as train.py's
+
+
+def worker(contender: str, config: str, threads: int, batch: int, seq: int) -> None:
+    """One contender's process: sets itself up, builds its step, warms up and prints one step's
+    seconds; then for each number N read from stdin runs N steps and prints seconds per step."""
+    if contender in TRAIN_PY_SETUP:
+        configure_cpu(threads)
+    else:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    cell, vocab_size, layers, size = CONFIGS[config]
+    if contender == "bound":
+        step = products_runner(lstm_products(vocab_size, layers, size, batch, seq))
+    else:
+        step = TRAINERS[contender](cell, vocab_size, layers, size, random_batches(vocab_size, batch, seq))
+    step()  # warm-up: first calls allocate and pick kernels
+    step()
+    print(time_steps(step, 1), flush=True)
+    for line in sys.stdin:
+        print(time_steps(step, int(line)), flush=True)
+
+
+class Contender:
+    """A worker process, driven over its stdin and stdout."""
+
+    def __init__(self, contender: str, config: str, threads: int, batch: int, seq: int):
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "-worker", contender, "-configs", config,
+             "-threads", str(threads), "-batch_size", str(batch), "-seq_length", str(seq)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.warm_seconds = self._answer()
+
+    def run(self, steps: int) -> float:
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> float:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"a benchmark worker failed (exit status {self.process.wait()})")
+        return float(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def measure_row(contenders: dict, rounds: int, seconds: float, iters: int) -> dict:
+    """Median seconds per step of each contender, timed in interleaved rounds."""
+    steps = {name: iters or max(1, round(seconds / c.warm_seconds)) for name, c in contenders.items()}
+    times = {name: [] for name in contenders}
+    names = list(contenders)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(time_steps(trainers[name], per_round[name]))
+            times[name].append(contenders[name].run(steps[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -251,8 +306,11 @@ def flop_report(products, step_seconds: float, bound_seconds: float, repeats: in
 
 MEMORY_CHILD = """
 import os, runpy, sys
-sys.argv = ["train.py"] + sys.argv[1:]
 sys.path.insert(0, os.getcwd())
+if sys.argv[1] == "default-malloc":
+    import util.device
+    util.device.keep_freed_memory = lambda: False
+sys.argv = ["train.py"] + sys.argv[2:]
 try:
     runpy.run_path("train.py", run_name="__main__")
 except SystemExit as stop:
@@ -265,16 +323,15 @@ finally:
 """
 
 
-def peak_memory_kb(iterations: int, threads: int, n_train: int, mallopt: bool) -> tuple[int | None, str]:
+def peak_memory_kb(iterations: int, threads: int, n_train: int, malloc: str) -> tuple[int | None, str]:
+    """VmHWM of a 3 x 512 train.py run of `iterations` steps; malloc 'kept' (as train.py) or
+    'default-malloc' (glibc's defaults)."""
     with tempfile.TemporaryDirectory() as folder:
         args = ["-data_dir", "data/tinyshakespeare", "-model", "lstm", "-rnn_size", "512", "-num_layers", "3",
                 "-gpuid", "-1", "-threads", str(threads), "-max_epochs", repr((iterations + 0.5) / n_train),
-                "-print_every", "1000000", "-eval_val_every", "1000000", "-checkpoint_dir", folder]
-        env = dict(os.environ)
-        if mallopt:  # keep_freed_memory() for the child, through glibc's environment variables
-            env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
-        result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, *args], cwd=REPO, capture_output=True,
-                                text=True, env=env)
+                "-print_every", "1000000", "-eval_val_every", "20", "-checkpoint_dir", folder]
+        result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, malloc, *args], cwd=REPO, capture_output=True,
+                                text=True)
     peaks = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("VmHWM_kB")]
     if result.returncode or not peaks:
         return None, (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -288,14 +345,22 @@ def tiny_shakespeare_train_batches(batch: int, seq: int) -> int:
     return int(size // (batch * seq) * 0.95)
 
 
-def keep_freed_memory() -> None:
-    """glibc only: serve large allocations from the heap instead of fresh mmap()ed pages and never
-    hand freed memory back, so that a step's big temporaries reuse pages already mapped."""
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+def memory_report(counts: list[int], threads: int) -> None:
+    n_train = tiny_shakespeare_train_batches(50, 50)
+    print(f"\npeak memory (VmHWM) of train.py, lstm 3x512 on data/tinyshakespeare, batch 50 x 50, "
+          f"{threads} threads, validation every 20 iterations:")
+    peaks = []
+    for count in counts:
+        peak, error = peak_memory_kb(count, threads, n_train, "kept")
+        peaks.append(peak)
+        print(f"  {count:>5} iterations: " + (f"{peak / 1024:,.0f} MiB" if peak else f"failed: {error}"), flush=True)
+    if all(peaks) and len(peaks) > 1:
+        print(f"  from {counts[0]} to {counts[-1]} iterations: {(peaks[-1] - peaks[0]) / 1024:+,.1f} MiB; "
+              f"range {(max(peaks) - min(peaks)) / 1024:,.1f} MiB")
+    middle = counts[len(counts) // 2]
+    peak, error = peak_memory_kb(middle, threads, n_train, "default-malloc")
+    print(f"  {middle:>5} iterations with glibc's default malloc (freed memory not kept): "
+          + (f"{peak / 1024:,.0f} MiB" if peak else f"failed: {error}"), flush=True)
 
 
 # ---- main ------------------------------------------------------------------------------------------
@@ -309,74 +374,63 @@ def main() -> None:
     parser.add_argument("-threads", type=int, default=0, help="CPU threads; 0 = all cores (as train.py)")
     parser.add_argument("-batch_size", type=int, default=50)
     parser.add_argument("-seq_length", type=int, default=50)
-    parser.add_argument("-memory_iters", default="10,40", help="iteration counts of the peak-memory runs")
+    parser.add_argument("-memory_iters", default="10,40,160", help="iteration counts of the peak-memory runs")
     parser.add_argument("-no_flops", action="store_true", help="skip the GFLOP/s report")
     parser.add_argument("-no_memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("-mallopt", action="store_true",
-                        help="also keep freed memory in the process (glibc mallopt: no mmap, no trim) for every "
-                             "contender, to show what page faults of fresh allocations cost")
+    parser.add_argument("-worker", choices=[*TRAINERS, "bound"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    threads = args.threads or len(os.sched_getaffinity(0))
+    B, T = args.batch_size, args.seq_length
+    if args.worker:
+        worker(args.worker, args.configs, threads, B, T)
+        return
     names = [name for name in args.configs.split(",") if name]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown config {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
 
     started = time.perf_counter()
-    configure_cpu(args.threads)  # as train.py: threads, and denormals flushed for every contender
-    if args.mallopt:
-        keep_freed_memory()
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # for the per-shape matrix-multiply rates measured here
     load = os.getloadavg()[0]
-    B, T = args.batch_size, args.seq_length
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores, load average {load:.1f}; "
-          f"{'mallopt: freed memory kept; ' if args.mallopt else ''}"
           f"batch {B} x {T}; {args.rounds} interleaved rounds of "
           f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'}, medians; training chars/s")
-    header = f"{'config':<24} {'plain':>9} {'nn.LSTM':>9} {'ours':>9} {'ours/nn':>8} {'target':>7} {'ours/plain':>10}"
-    print(header)
+    print(f"{'config':<24} {'plain':>8} {'nn.LSTM':>8} {'nn+kept':>8} {'ours':>8} {'ours/nn':>8} {'target':>7} "
+          f"{'ours/nn+kept':>12} {'ours/plain':>10}")
     flop_rows = []
     for name in names:
         cell, vocab_size, layers, size = CONFIGS[name]
-        batches = random_batches(vocab_size, B, T)
-        trainers = {"plain": plain_trainer(cell, vocab_size, layers, size, batches)}
-        if cell != "gru":
-            trainers["nn"] = torch_nn_trainer(cell, vocab_size, layers, size, batches)
-        trainers["ours"] = our_trainer(cell, vocab_size, layers, size, batches)
-        products = None
+        wanted = ["plain", "ours"] if cell == "gru" else ["plain", "nn", "nn_kept", "ours"]
         if cell == "lstm" and (layers, size) == (3, 512) and not args.no_flops:
-            products = lstm_products(vocab_size, layers, size, B, T)
-            trainers["bound"] = products_runner(products)
-        seconds = measure_row(trainers, args.rounds, args.seconds, args.iters)
-        speed = {key: B * T / value for key, value in seconds.items()}
-        nn_speed = speed.get("nn")
+            wanted.append("bound")
+        contenders = {who: Contender(who, name, threads, B, T) for who in wanted}
+        try:
+            seconds = measure_row(contenders, args.rounds, args.seconds, args.iters)
+        finally:
+            for contender in contenders.values():
+                contender.close()
+        speed = {who: B * T / value for who, value in seconds.items()}
         label = f"{cell} {layers}x{size} V={vocab_size}"
-        ratio = f"{speed['ours'] / nn_speed:>7.2f}x" if nn_speed else f"{'-':>8}"
+
+        def column(who: str) -> str:
+            return f"{speed[who]:>8,.0f}" if who in speed else f"{'-':>8}"
+
+        def ratio(who: str, width: int) -> str:
+            return f"{speed['ours'] / speed[who]:>{width - 1}.2f}x" if who in speed else f"{'-':>{width}}"
         target = f">={TARGETS[name]:.2f}" if name in TARGETS else "-"
-        print(f"{label:<24} {speed['plain']:>9,.0f} {f'{nn_speed:,.0f}' if nn_speed else '-':>9} "
-              f"{speed['ours']:>9,.0f} {ratio} {target:>7} {speed['ours'] / speed['plain']:>9.2f}x", flush=True)
-        if products:
-            flop_rows.append((label, products, seconds["ours"], seconds["bound"]))
-    print("(nn.LSTM column: nn.RNN for the rnn row; none for char-rnn's GRU, which nn.GRU does not compute)")
+        print(f"{label:<24} {column('plain')} {column('nn')} {column('nn_kept')} {column('ours')} {ratio('nn', 8)} "
+              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}", flush=True)
+        if "bound" in seconds:
+            flop_rows.append((label, lstm_products(vocab_size, layers, size, B, T), seconds["ours"], seconds["bound"]))
+    print("(nn.LSTM: nn.RNN for the rnn row; none for char-rnn's GRU, which nn.GRU does not compute. nn+kept: the "
+          "nn.LSTM script in a process set up as train.py's)")
 
     for label, products, step_seconds, bound_seconds in flop_rows:
         print(f"\n{label}: useful GFLOP/s of our step")
         print(flop_report(products, step_seconds, bound_seconds, repeats=max(3, args.rounds)), flush=True)
 
     if not args.no_memory:
-        counts = [int(n) for n in args.memory_iters.split(",")]
-        n_train = tiny_shakespeare_train_batches(50, 50)
-        print(f"\npeak memory (VmHWM) of train.py, lstm 3x512 on data/tinyshakespeare, batch 50 x 50, "
-              f"{threads} threads:")
-        peaks = []
-        for count in counts:
-            peak, error = peak_memory_kb(count, args.threads, n_train, args.mallopt)
-            peaks.append(peak)
-            print(f"  {count:>5} iterations: " + (f"{peak / 1024:,.0f} MiB" if peak else f"failed: {error}"),
-                  flush=True)
-        if all(peaks) and len(peaks) > 1:
-            growth = peaks[-1] - peaks[0]
-            print(f"  growth from {counts[0]} to {counts[-1]} iterations: {growth / 1024:+,.1f} MiB")
+        memory_report([int(n) for n in args.memory_iters.split(",")], threads)
     print(f"\n(benchmark took {time.perf_counter() - started:.0f} s)")
 
 
