@@ -18,7 +18,8 @@ from model import LAYERS, CharRNN, State
 from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
                              model_from_checkpoint, save_checkpoint)
 from util.data import BatchLoader, data_source, load_training_data
-from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, manual_seed, select_device, synchronize
+from util.device import (GPU_OPTIONS, PRECISION_OPTION, THREADS_OPTION, autocast, check_precision, configure_cpu,
+                         manual_seed, select_device, synchronize)
 from util import distributed
 from util.errors import UserError, run_main
 from util.options import Option, lua_number, parse_options
@@ -52,6 +53,7 @@ OPTIONS = [
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
     *GPU_OPTIONS,
     THREADS_OPTION,
+    PRECISION_OPTION,
 ]
 SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
 DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
@@ -89,18 +91,20 @@ def resumed_options(parsed, checkpoint: dict):
 
 
 def forward_backward(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: State,
-                     grad_clip: float) -> tuple[torch.Tensor, State]:
+                     grad_clip: float, precision: str = "fp32") -> tuple[torch.Tensor, State]:
     """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
     returns the loss and the state to carry into the next batch, cut from this batch's graph."""
-    logits, state = model(x, state)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    with autocast(x.device, precision):
+        logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
     model.zero_grad(set_to_none=True)
     (loss * x.shape[1]).backward()
     torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
     return loss.detach(), tuple(part.detach() for part in state)
 
 
-def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device) -> float:
+def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device,
+                   precision: str = "fp32") -> float:
     """Mean loss over a whole split, from a zero state carried across its batches."""
     was_training = model.training
     model.eval()
@@ -109,8 +113,9 @@ def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torc
     with torch.no_grad():
         for k in range(loader.n_batches(split)):
             x, y = (t.to(device) for t in loader.batch(split, k))
-            logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1)).item()
+            with autocast(device, precision):
+                logits, state = model(x, state)
+            total += F.cross_entropy(logits.reshape(-1, model.vocab_size).float(), y.reshape(-1)).item()
     model.train(was_training)
     return total / loader.n_batches(split)
 
@@ -177,6 +182,7 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
     say = print if ranks.is_main else (lambda *_, **__: None)
     manual_seed(opt.seed)
     device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
+    check_precision(opt.precision, device, say)
     opt.data_source = resume["opt"]["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
     byte_level = start is not None and checkpoint_vocab(start).is_bytes  # e.g. a char-rnn .t7 model
@@ -259,7 +265,7 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
     for i in range(first_iteration, iterations + 1):
         started = time.perf_counter()
         x, y = (t[rows].to(device) for t in loader.next_batch("train"))
-        loss, state = forward_backward(network, x, y, state, opt.grad_clip)
+        loss, state = forward_backward(network, x, y, state, opt.grad_clip, opt.precision)
         train_loss = ranks.mean(loss)
         if train_loss != train_loss:
             return abort(f"loss is NaN at iteration {i}: stopping before the weights are updated.")
@@ -289,7 +295,7 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
         val_loss = None
         if i % opt.eval_val_every == 0 or i % ntrain == 0 or i == iterations:
             if ranks.is_main and loader.n_batches("val"):
-                val_loss = evaluate_split(model, loader, "val", device)
+                val_loss = evaluate_split(model, loader, "val", device, opt.precision)
                 val_losses.append([i, val_loss])
                 say(f"validation loss at epoch {epoch:.2f}: {val_loss:.4f}")
             last_saved = save(i, val_loss)

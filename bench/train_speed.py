@@ -15,6 +15,7 @@ element-wise gradient clamp), side by side in one run:
 
     .venv/bin/python bench/train_speed.py [-configs 2x128,2x256,3x512,2x256v2583,gru2x128,rnn2x128]
         [-rounds 7] [-seconds 1.0] [-iters 0] [-threads 0] [-memory_iters 10,40,160] [-no_flops] [-no_memory]
+        [-bf16]
 
 Each contender runs in its own Python process, because train.py's set-up is process-wide: glibc's
 malloc told to keep freed memory (util.device.keep_freed_memory), which spares a step the page
@@ -26,6 +27,10 @@ step, as train.py does. The contenders of a row are timed in turns (`rounds` rou
 rotated each round, each round about `seconds` long, or `iters` steps each when -iters is given;
 only one process runs at a time) after a warm-up, and the table gives each one's median round: the
 machine may be shared, and interleaving spreads a disturbance over all contenders instead of one.
+
+With -bf16 each row also times train.py's step with -precision bf16 (bfloat16 autocast) and the
+nn.LSTM script under the same autocast, both in processes set up as train.py's, in the same
+rounds; they are printed as a second table, apart from the float32 targets.
 
 For the 3 x 512 row the benchmark also prints the useful GFLOP/s of our step and its fraction of a
 bound computed from matrix-multiply rates measured in the same run. Useful work counts only the
@@ -49,6 +54,7 @@ number of iterations. One more run at the middle count shows the peak with glibc
 allocator (train.py with keep_freed_memory switched off).
 """
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -115,8 +121,9 @@ def plain_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):
     return step
 
 
-def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):
-    """nn.LSTM (or nn.RNN with tanh) on one-hot input, as a plain PyTorch script trains it."""
+def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches, precision: str = "fp32"):
+    """nn.LSTM (or nn.RNN with tanh) on one-hot input, as a plain PyTorch script trains it; with
+    precision bf16 its forward pass runs under bfloat16 autocast."""
     if cell == "lstm":
         rnn = nn.LSTM(vocab_size, size, layers, batch_first=True)
     else:
@@ -134,9 +141,10 @@ def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches
     def step() -> float:
         x, y = batches[carry["k"] % len(batches)]
         carry["k"] += 1
-        top, state = rnn(F.one_hot(x, vocab_size).float(), carry["state"])
-        logits = decoder(top)
-        loss = F.nll_loss(F.log_softmax(logits.reshape(-1, vocab_size), dim=1), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            top, state = rnn(F.one_hot(x, vocab_size).float(), carry["state"])
+            logits = decoder(top)
+        loss = F.nll_loss(F.log_softmax(logits.reshape(-1, vocab_size).float(), dim=1), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         (loss * x.shape[1]).backward()
         torch.nn.utils.clip_grad_value_(params, GRAD_CLIP)
@@ -146,7 +154,7 @@ def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches
     return step
 
 
-def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):
+def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches, precision: str = "fp32"):
     """train.py's step: forward_backward, then the optimizer."""
     model = CharRNN(cell, vocab_size, size, layers)
     model.initialize()
@@ -157,7 +165,7 @@ def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):
     def step() -> float:
         x, y = batches[carry["k"] % len(batches)]
         carry["k"] += 1
-        loss, carry["state"] = train.forward_backward(model, x, y, carry["state"], GRAD_CLIP)
+        loss, carry["state"] = train.forward_backward(model, x, y, carry["state"], GRAD_CLIP, precision)
         value = loss.item()
         optimizer.step()
         return value
@@ -173,8 +181,10 @@ def time_steps(step, iters: int) -> float:
 
 # ---- contenders in their own processes ---------------------------------------------------------------
 
-TRAINERS = {"plain": plain_trainer, "nn": torch_nn_trainer, "nn_kept": torch_nn_trainer, "ours": our_trainer}
-TRAIN_PY_SETUP = ("nn_kept", "ours")  # processes set up by configure_cpu, as train.py's
+TRAINERS = {"plain": plain_trainer, "nn": torch_nn_trainer, "nn_kept": torch_nn_trainer, "ours": our_trainer,
+            "nn_bf16": functools.partial(torch_nn_trainer, precision="bf16"),
+            "ours_bf16": functools.partial(our_trainer, precision="bf16")}
+TRAIN_PY_SETUP = ("nn_kept", "ours", "nn_bf16", "ours_bf16")  # processes set up by configure_cpu, as train.py's
 
 
 def worker(contender: str, config: str, threads: int, batch: int, seq: int) -> None:
@@ -377,6 +387,9 @@ def main() -> None:
     parser.add_argument("-memory_iters", default="10,40,160", help="iteration counts of the peak-memory runs")
     parser.add_argument("-no_flops", action="store_true", help="skip the GFLOP/s report")
     parser.add_argument("-no_memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("-bf16", action="store_true",
+                        help="also time train.py's step and the nn.LSTM script (set up alike) under bfloat16 "
+                             "autocast (-precision bf16), in the same rounds, and print them as a second table")
     parser.add_argument("-worker", choices=[*TRAINERS, "bound"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -397,12 +410,14 @@ def main() -> None:
           f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'}, medians; training chars/s")
     print(f"{'config':<24} {'plain':>8} {'nn.LSTM':>8} {'nn+kept':>8} {'ours':>8} {'ours/nn':>8} {'target':>7} "
           f"{'ours/nn+kept':>12} {'ours/plain':>10}")
-    flop_rows = []
+    flop_rows, bf16_rows = [], []
     for name in names:
         cell, vocab_size, layers, size = CONFIGS[name]
         wanted = ["plain", "ours"] if cell == "gru" else ["plain", "nn", "nn_kept", "ours"]
         if cell == "lstm" and (layers, size) == (3, 512) and not args.no_flops:
             wanted.append("bound")
+        if args.bf16:
+            wanted += ["ours_bf16"] if cell == "gru" else ["nn_bf16", "ours_bf16"]
         contenders = {who: Contender(who, name, threads, B, T) for who in wanted}
         try:
             seconds = measure_row(contenders, args.rounds, args.seconds, args.iters)
@@ -422,8 +437,19 @@ def main() -> None:
               f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}", flush=True)
         if "bound" in seconds:
             flop_rows.append((label, lstm_products(vocab_size, layers, size, B, T), seconds["ours"], seconds["bound"]))
+        if args.bf16:
+            nn_bf16 = speed.get("nn_bf16")
+            bf16_rows.append(f"{label:<24} {column('ours')} {speed['ours_bf16']:>9,.0f} "
+                             f"{speed['ours_bf16'] / speed['ours']:>8.2f}x {column('nn_bf16')} "
+                             + (f"{speed['ours_bf16'] / nn_bf16:>13.2f}x" if nn_bf16 else f"{'-':>14}"))
     print("(nn.LSTM: nn.RNN for the rnn row; none for char-rnn's GRU, which nn.GRU does not compute. nn+kept: the "
           "nn.LSTM script in a process set up as train.py's)")
+
+    if bf16_rows:
+        print(f"\n-precision bf16 (bfloat16 autocast; reported apart from the float32 targets), training chars/s\n"
+              f"{'config':<24} {'ours':>8} {'ours bf16':>9} {'bf16/fp32':>9} {'nn bf16':>8} {'ours/nn bf16':>14}")
+        print("\n".join(bf16_rows))
+        print("(nn bf16: the nn.LSTM script under the same autocast, in a process set up as train.py's)")
 
     for label, products, step_seconds, bound_seconds in flop_rows:
         print(f"\n{label}: useful GFLOP/s of our step")

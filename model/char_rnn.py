@@ -149,4 +149,4 @@ class CharRNN(nn.Module):
         hidden = tuple(part[first:] for part in state)
         result = self.layers[0].kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], weights, True,
                                        self.num_layers - first, self.dropout.p, self.training, False, False)
-        return result[0], tuple(result[1:])
+        return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import gather_columns, last_step_gradient
+from model.sequence import apply_in_float32, gather_columns, last_step_gradient
 
 
 class GRUSequence(torch.autograd.Function):
@@ -110,5 +110,5 @@ class GRULayer(nn.Module):
         w = self.i2h.weight
         pre = gather_columns(w, x) if x.dim() == 2 else F.linear(x, w)
         bias = self.i2h.bias + torch.cat([self.h2h.bias, self.h2h_candidate.bias])
-        out, h = GRUSequence.apply(pre, bias, self.h2h.weight, self.h2h_candidate.weight, *state)
+        out, h = apply_in_float32(GRUSequence, pre, bias, self.h2h.weight, self.h2h_candidate.weight, *state)
         return out, (h,)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import gather_columns, last_step_gradient
+from model.sequence import apply_in_float32, gather_columns, last_step_gradient
 
 
 def swapped_blocks(tensors) -> list[torch.Tensor]:
@@ -168,5 +168,5 @@ class LSTMLayer(nn.Module):
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
         (T, B, input_size) -> outputs (T, B, H) and the final (h, c)."""
         pre = gather_columns(self.i2h.weight, x) if x.dim() == 2 else F.linear(x, self.i2h.weight)
-        out, h, c = LSTMSequence.apply(pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
+        out, h, c = apply_in_float32(LSTMSequence, pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
         return out, (h, c)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import gather_columns, last_step_gradient
+from model.sequence import apply_in_float32, gather_columns, last_step_gradient
 
 
 class RNNSequence(torch.autograd.Function):
@@ -76,5 +76,5 @@ class RNNLayer(nn.Module):
         (T, B, input_size) -> outputs (T, B, H) and the final (h,)."""
         w = self.i2h.weight
         pre = gather_columns(w, x) if x.dim() == 2 else F.linear(x, w)
-        out, h = RNNSequence.apply(pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
+        out, h = apply_in_float32(RNNSequence, pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
         return out, (h,)

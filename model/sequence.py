@@ -2,6 +2,17 @@
 import torch
 
 
+def apply_in_float32(function: type[torch.autograd.Function], *inputs: torch.Tensor):
+    """function.apply on float32 inputs with autocast off. Under bfloat16 autocast (-precision bf16)
+    a layer's batched input product may arrive in bfloat16; the hand-written per-step recurrence,
+    whose in-place updates need one dtype, stays float32."""
+    device_type = inputs[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return function.apply(*inputs)
+    with torch.autocast(device_type, enabled=False):
+        return function.apply(*(t.float() for t in inputs))
+
+
 def last_step_gradient(d_out, d_hT, hs: torch.Tensor) -> tuple:
     """For a sequence Function's backward: the per-step output gradients (or None) and the gradient
     reaching the last step's h, from the final state and the last output; hs is (T + 1, B, H)."""

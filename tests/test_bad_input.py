@@ -341,6 +341,7 @@ CASES = [
     Case("tr_dropout_1", "train.py", [*DATA, "-dropout", "1"], data, ("-dropout", "1")),
     Case("tr_dropout_nan", "train.py", [*DATA, "-dropout", "nan"], data, ("-dropout", "nan")),
     Case("tr_unknown_model", "train.py", [*DATA, "-model", "transformer"], data, ("-model", "transformer")),
+    Case("tr_unknown_precision", "train.py", [*DATA, "-precision", "fp16"], data, ("-precision", "fp16")),
     Case("tr_train_frac", "train.py", [*DATA, "-train_frac", "1.5"], data, ("-train_frac",)),
     Case("tr_fractions_sum", "train.py", [*DATA, "-train_frac", "0.9", "-val_frac", "0.2"], data,
          ("-train_frac", "-val_frac")),

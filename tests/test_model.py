@@ -245,6 +245,37 @@ def test_fast_path_equals_per_step_graph(cell, kernel_on_cpu, vocab, num_layers,
 
 @pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)
 @pytest.mark.parametrize("vocab", ["small", "large"])
+def test_bfloat16_autocast_follows_the_float32_numbers(cell, kernel_on_cpu, vocab, monkeypatch):
+    """-precision bf16 runs the forward pass under bfloat16 autocast: every path runs there (the
+    hand-written sequences take their inputs back to float32), the state stays float32, and logits
+    and gradients follow float32's within bfloat16's precision (8 bits of mantissa)."""
+    H, B, T = 16, 4, 8
+    V = 11 if vocab == "small" else big_vocab(cell, H)
+    model = make_model(cell, V, H, 2, scale=0.3).train()
+    monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", kernel_on_cpu)
+    state = random_state(model, B)
+    x = tokens(V, B, T)
+
+    def run(x, state):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, final = model(x, state)
+        return logits.float(), final
+
+    logits, final, grads = run_and_grad(model, run, x, state)
+    ref_logits, ref_final, ref_grads = run_and_grad(model, model.forward, x, state)
+    assert all(part.dtype == torch.float32 for part in final)
+    assert all(grad.dtype == torch.float32 for grad in grads.values())
+    assert not torch.equal(logits, ref_logits)  # bfloat16 did run
+    close(logits, ref_logits, "logits", rtol=0.05, atol=0.05)
+    for got, want in zip(final, ref_final):
+        close(got, want, "state", rtol=0.05, atol=0.05)
+    for name in grads:
+        scale = ref_grads[name].abs().max().item()
+        close(grads[name], ref_grads[name], name, rtol=0.1, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)
+@pytest.mark.parametrize("vocab", ["small", "large"])
 @pytest.mark.parametrize("loss_of", ["outputs", "final state"])
 def test_fast_path_gradients_from_part_of_the_outputs(cell, kernel_on_cpu, vocab, loss_of, monkeypatch):
     """Training uses the logits only (the state is carried detached); the hand-written backwards

@@ -7,9 +7,9 @@ needs another's checkpoint, and each test waits for the chains it looks at.
 The central claim checked: training 2N iterations in one go, and training N then resuming for N
 more, give BIT-IDENTICAL weights, optimizer state, carried hidden state, RNG state, the same
 printed losses and the same CSV log (but for its `seconds` column), for lstm (fused kernel, with
-dropout between the layers and validation in eval mode in between), gru and rnn; with the
-learning rate already decayed at the resume point; whether the first part ended by -max_epochs,
-at a mid-epoch checkpoint, or by SIGINT / SIGTERM.
+dropout between the layers and validation in eval mode in between), gru, rnn, and lstm under
+-precision bf16; with the learning rate already decayed at the resume point; whether the first
+part ended by -max_epochs, at a mid-epoch checkpoint, or by SIGINT / SIGTERM.
 """
 import csv
 import errno
@@ -256,6 +256,14 @@ def chain_other_model(r: Runs, model: str) -> dict:
     return out
 
 
+def chain_bf16(r: Runs) -> dict:
+    """The lstm run in bfloat16 autocast (-precision bf16) for 2 epochs; then resume the checkpoint at
+    iteration 56, which keeps the precision."""
+    out = {"A": r.train("A_bf16", *common(r.data), *shape("lstm"), "-precision", "bf16", "-max_epochs", 2)}
+    out["M"] = r.train("M_bf16", "-resume", r.root / "A_bf16" / "cv" / name(56))
+    return out
+
+
 def interrupt(r: Runs, folder_name: str, number: int, after: int = 3) -> dict:
     """Start A's lstm run with -max_epochs 1000, send `number` once it has printed `after`
     progress lines, then resume the checkpoint it names up to A's end point (or a later one, with
@@ -370,6 +378,7 @@ def runs(tmp_path_factory):
     r.chain("sigterm", interrupt, "sigterm", signal.SIGTERM)
     r.chain("gru", chain_other_model, "gru")
     r.chain("rnn", chain_other_model, "rnn")
+    r.chain("bf16", chain_bf16)
     r.chain("kill0", kill_during_write, 0, None)
     r.chain("kill1", kill_during_write, 1, 0.35)
     r.chain("double", double_interrupt)
@@ -422,14 +431,15 @@ def test_resume_mid_epoch_elsewhere_keeps_the_checkpoints_options(runs):
         assert_same_run_state(a_cv / checkpoint, m_cv / checkpoint)
 
 
-@pytest.mark.parametrize("model", ["gru", "rnn"])
-def test_resume_other_models_after_a_decay(runs, model):
-    a, m = ok(runs[model]["A"]), ok(runs[model]["M"])
-    a_cv, m_cv = runs.root / f"A_{model}" / "cv", runs.root / f"M_{model}" / "cv"
+@pytest.mark.parametrize("run", ["gru", "rnn", "bf16"])
+def test_resume_after_a_decay_other_models_and_bf16(runs, run):
+    a, m = ok(runs[run]["A"]), ok(runs[run]["M"])
+    a_cv, m_cv = runs.root / f"A_{run}" / "cv", runs.root / f"M_{run}" / "cv"
     assert load(a_cv / name(56))["resume"]["learning_rate"] == pytest.approx(RATE * DECAY, rel=1e-12)
     assert f"resuming at iteration 57 of {END}" in m.stdout
     assert losses(m.stdout) == {i: loss for i, loss in losses(a.stdout).items() if i > 56}
     assert_same_run_state(a_cv / name(END), m_cv / name(END))
+    assert load(m_cv / name(END))["opt"]["precision"] == ("bf16" if run == "bf16" else "fp32")
 
 
 def test_run_started_with_init_from_can_be_resumed(runs):

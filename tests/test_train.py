@@ -181,6 +181,8 @@ def runs(tmp_path_factory):
             "-eval_val_every", 1, "-checkpoint_dir", "ck", "-learning_rate", HUGE_RATES["overflow"])
     for name, (args, _) in ERRORS.items():
         r.start("error_" + name, "train.py", *d, *args)
+    r.start("bf16", "train.py", *d, "-model", "lstm", "-rnn_size", 32, "-num_layers", 1, *SMALL, "-max_epochs", 1,
+            "-eval_val_every", EVAL_EVERY, "-precision", "bf16")
     r.start("too_small", "train.py", "-data_dir", tiny, "-gpuid", -1)
     r.start("init_missing", "train.py", *d, *SMALL, "-init_from", "cv/missing.pt")
     r.start("init_text", "train.py", *d, *SMALL, "-init_from", data / "input.txt")
@@ -453,6 +455,24 @@ def test_huge_learning_rate_aborts_without_bad_checkpoint(runs, rate):
 
 
 # ---- devices ---------------------------------------------------------------------------------------
+
+def test_bfloat16_training_follows_float32(runs):
+    """-precision bf16: the base run's first epoch in bfloat16 autocast. The losses follow the float32
+    run's within bfloat16's precision, the run learns, and the checkpoint records the precision."""
+    base, bf16 = runs["base"], runs["bf16"]
+    assert bf16.returncode == 0, bf16.stderr
+    fp32_losses, bf16_losses = losses(base)[:N_TRAIN], losses(bf16)
+    assert len(bf16_losses) == N_TRAIN
+    assert bf16_losses != fp32_losses  # bfloat16 did run
+    assert abs(bf16_losses[0] - fp32_losses[0]) < 0.01
+    assert max(abs(a - b) for a, b in zip(bf16_losses, fp32_losses)) < 0.1
+    assert bf16_losses[-1] < bf16_losses[0] - 0.3
+    checkpoint = load(runs.cwd("bf16") / "cv" / checkpoint_name(N_TRAIN))
+    assert checkpoint["opt"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in checkpoint["state_dict"].values())
+    assert all(t.dtype == torch.float32 for t in checkpoint["resume"]["hidden"])
+    assert math.isfinite(checkpoint["val_loss"])
+
 
 def test_gpu_requested_without_gpu_falls_back(runs):
     if torch.cuda.is_available() or torch.backends.mps.is_available():

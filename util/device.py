@@ -15,6 +15,9 @@ GPU_OPTIONS = [
     Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
 ]
 THREADS_OPTION = Option("threads", 0, "CPU threads; 0 = all cores")
+PRECISION_OPTION = Option("precision", "fp32", "fp32, or bf16: matrix products in bfloat16 (autocast); weights, "
+                                               "gradients and optimizer stay fp32")
+PRECISIONS = ("fp32", "bf16")
 
 
 def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print) -> torch.device:
@@ -32,6 +35,24 @@ def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = prin
         return torch.device("mps")
     log("notice: no GPU found (neither CUDA nor MPS); running on the CPU. Use -gpuid -1 to ask for the CPU.")
     return torch.device("cpu")
+
+
+def check_precision(precision: str, device: torch.device, log: Callable[[str], None] = print) -> None:
+    """A clear error for an unknown -precision, a notice where bf16 has no hardware support."""
+    if precision not in PRECISIONS:
+        raise UserError(f"-precision must be fp32 or bf16, not '{precision}'")
+    if precision != "bf16":
+        return
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log("notice: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX); -precision bf16 will be slow")
+    elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log("notice: this GPU has no native bfloat16 support; -precision bf16 will be slow")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The context for a model's forward pass: bfloat16 autocast for -precision bf16,
+    else a disabled one."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def configure_cpu(threads: int) -> None:
