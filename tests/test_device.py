@@ -1,11 +1,15 @@
-"""The CPU set-up every script makes: freed memory kept for reuse (glibc)."""
+"""util/device.py: the CPU set-up every script makes (freed memory kept for reuse, glibc) and
+-precision's checks."""
 import platform
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
+from util.device import check_precision
+from util.errors import UserError
 
 # Fills a 48 MiB tensor, freed at once, 30 times and prints the page faults of the last 10 fills.
 # glibc's default serves a block that large with fresh pages every time (mmap), so every page
@@ -40,3 +44,15 @@ def refill_faults(mode: str) -> int:
 def test_configure_cpu_keeps_freed_memory_for_the_next_allocation():
     assert refill_faults("default") > PAGES // 2  # glibc's default: fresh pages every time
     assert refill_faults("configured") < PAGES // 100
+
+
+def test_check_precision_names_the_bad_value_and_warns_without_bfloat16_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    with pytest.raises(UserError, match="-precision must be fp32 or bf16, not 'fp16'"):
+        check_precision("fp16", cpu)
+    said = []
+    check_precision("fp32", cpu, said.append)
+    assert said == []
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    check_precision("bf16", cpu, said.append)
+    assert len(said) == 1 and "no bfloat16 instructions" in said[0]
