@@ -46,7 +46,6 @@ class CharRNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(rnn_size, vocab_size)
         self.use_kernel = layer_class.kernel is not None
-        self._kernel_order_cache: dict[int, dict] = {}
 
     def initialize(self) -> None:
         """char-rnn's initialisation: uniform in [-0.08, 0.08], LSTM forget biases 1."""
@@ -139,8 +138,7 @@ class CharRNN(nn.Module):
         """The kernel's weights of layers first.., four per layer: for an LSTM permuted to the kernel's
         gate order all in one autograd node (one call less per layer each way)."""
         if self.model_type == "lstm":
-            return kernel_order([w for layer in self.layers[first:] for w in layer.char_rnn_weights()],
-                                self._kernel_order_cache.setdefault(first, {}))
+            return kernel_order([w for layer in self.layers[first:] for w in layer.char_rnn_weights()])
         return [w for layer in self.layers[first:] for w in layer.kernel_weights()]
 
     def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:

@@ -327,8 +327,8 @@ def test_sequence_backward_is_the_derivative(cell):
 
 
 def test_kernel_weights_follow_the_parameters():
-    """The LSTM kernel path keeps views of its parameters between calls (for the gate permutation):
-    they must see in-place updates (the optimizer's) and give way when a parameter is replaced."""
+    """The LSTM kernel path permutes its parameters' gate blocks on every call: it must follow
+    in-place updates (the optimizer's), parameters replaced and state loaded into place."""
     model = make_model("lstm", 11, 8, 2).eval()
     state = random_state(model, 3)
     x = tokens(11, 3, 5)
