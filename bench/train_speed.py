@@ -70,6 +70,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train  # noqa: E402
 from model import CharRNN  # noqa: E402
+from util.data import char_rnn_splits, load_data_dir  # noqa: E402
 from util.device import configure_cpu  # noqa: E402
 
 # name -> (cell, vocabulary, layers, rnn_size)
@@ -349,10 +350,9 @@ def peak_memory_kb(iterations: int, threads: int, n_train: int, malloc: str) -> 
 
 
 def tiny_shakespeare_train_batches(batch: int, seq: int) -> int:
-    """char-rnn's split of data/tinyshakespeare/input.txt: training batches per epoch."""
-    with open(os.path.join(REPO, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as handle:
-        size = len(handle.read())
-    return int(size // (batch * seq) * 0.95)
+    """Training batches per epoch of train.py on data/tinyshakespeare with the default fractions."""
+    _, ids = load_data_dir(os.path.join(REPO, "data", "tinyshakespeare"), log=lambda _: None)
+    return char_rnn_splits(ids, batch, seq, train_frac=0.95, val_frac=0.05)["train"].n_batches
 
 
 def memory_report(counts: list[int], threads: int) -> None:

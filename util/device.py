@@ -1,5 +1,6 @@
 """Where tensors live (-gpuid N picks CUDA N, else Apple's MPS, else the CPU with a notice), and how
 the CPU runs them."""
+import contextlib
 import ctypes
 import os
 import platform
@@ -49,10 +50,11 @@ def check_precision(precision: str, device: torch.device, log: Callable[[str], N
         log("notice: this GPU has no native bfloat16 support; -precision bf16 will be slow")
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The context for a model's forward pass: bfloat16 autocast for -precision bf16,
-    else a disabled one."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context for a model's forward pass: bfloat16 autocast for -precision bf16, else none."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def configure_cpu(threads: int) -> None:
