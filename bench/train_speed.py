@@ -14,8 +14,8 @@ element-wise gradient clamp), side by side in one run:
            util.device.configure_cpu(threads) as train.py does.
 
     .venv/bin/python bench/train_speed.py [-configs 2x128,2x256,3x512,2x256v2583,gru2x128,rnn2x128]
-        [-rounds 7] [-seconds 1.0] [-iters 0] [-threads 0] [-memory_iters 10,40,160] [-no_flops] [-no_memory]
-        [-bf16]
+        [-processes 3] [-rounds 5] [-seconds 1.0] [-iters 0] [-threads 0] [-memory_iters 10,40,160]
+        [-no_flops] [-no_memory] [-bf16]
 
 Each contender runs in its own Python process, because train.py's set-up is process-wide: glibc's
 malloc told to keep freed memory (util.device.keep_freed_memory), which spares a step the page
@@ -25,8 +25,15 @@ does. Every contender trains on the same random batches of the row's vocabulary 
 turn) and carries its state from batch to batch, as training does; all call loss.item() once a
 step, as train.py does. The contenders of a row are timed in turns (`rounds` rounds, the order
 rotated each round, each round about `seconds` long, or `iters` steps each when -iters is given;
-only one process runs at a time) after a warm-up, and the table gives each one's median round: the
-machine may be shared, and interleaving spreads a disturbance over all contenders instead of one.
+only one process runs at a time) after a warm-up: the machine may be shared, and interleaving
+spreads a disturbance over all contenders instead of one. This is done `processes` times, each
+time with a fresh process per contender, one set after another, and the table gives each
+contender's median round over all of them. A process's speed depends on more than the machine's
+load: with glibc's default allocator whether a step page-faults depends on where the process's
+first allocations landed (its adaptive mmap threshold), which differs from one start to the next
+(2 x 128, nn.LSTM: 71K-108K chars/s over six fresh processes, 0-8,000 faults a step), so one
+process per contender would measure that luck. Under each row, the medians of the single processes
+of nn.LSTM and ours show the spread.
 
 With -bf16 each row also times train.py's step with -precision bf16 (bfloat16 autocast) and the
 nn.LSTM script under the same autocast, both in processes set up as train.py's, in the same
@@ -235,15 +242,36 @@ class Contender:
         self.process.wait()
 
 
-def measure_row(contenders: dict, rounds: int, seconds: float, iters: int) -> dict:
-    """Median seconds per step of each contender, timed in interleaved rounds."""
-    steps = {name: iters or max(1, round(seconds / c.warm_seconds)) for name, c in contenders.items()}
-    times = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(contenders[name].run(steps[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
+def measure_processes(wanted: list[str], config: str, threads: int, batch: int, seq: int, rounds: int,
+                      seconds: float, iters: int) -> dict:
+    """Seconds per step of each round of each contender, timed in interleaved rounds in one fresh
+    process per contender."""
+    contenders = {}
+    try:
+        for who in wanted:
+            contenders[who] = Contender(who, config, threads, batch, seq)
+        steps = {name: iters or max(1, round(seconds / c.warm_seconds)) for name, c in contenders.items()}
+        times = {name: [] for name in contenders}
+        for r in range(rounds):
+            for name in wanted[r % len(wanted):] + wanted[:r % len(wanted)]:
+                times[name].append(contenders[name].run(steps[name]))
+        return times
+    finally:
+        for contender in contenders.values():
+            contender.close()
+
+
+def measure_row(wanted: list[str], config: str, threads: int, batch: int, seq: int, processes: int, rounds: int,
+                seconds: float, iters: int) -> tuple[dict, dict]:
+    """Each contender's median seconds per step over all rounds of all its processes, and the
+    median of each process by itself."""
+    per_process = {name: [] for name in wanted}
+    for _ in range(processes):
+        times = measure_processes(wanted, config, threads, batch, seq, rounds, seconds, iters)
+        for name, values in times.items():
+            per_process[name].append(values)
+    overall = {name: statistics.median(v for values in runs for v in values) for name, runs in per_process.items()}
+    return overall, {name: [statistics.median(values) for values in runs] for name, runs in per_process.items()}
 
 
 # ---- useful GFLOP/s against a matrix-multiply bound ----------------------------------------------
@@ -378,7 +406,9 @@ def memory_report(counts: list[int], threads: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-configs", default=",".join(CONFIGS), help=f"rows, from {','.join(CONFIGS)}")
-    parser.add_argument("-rounds", type=int, default=7, help="timed rounds per contender (median counts)")
+    parser.add_argument("-processes", type=int, default=3,
+                        help="fresh processes per contender, one set after another (median over all their rounds)")
+    parser.add_argument("-rounds", type=int, default=5, help="timed rounds per process (median counts)")
     parser.add_argument("-seconds", type=float, default=1.0, help="length of a round (sets its steps)")
     parser.add_argument("-iters", type=int, default=0, help="steps per round instead of -seconds")
     parser.add_argument("-threads", type=int, default=0, help="CPU threads; 0 = all cores (as train.py)")
@@ -401,13 +431,16 @@ def main() -> None:
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown config {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    if args.processes < 1 or args.rounds < 1:
+        parser.error("-processes and -rounds must be at least 1")
 
     started = time.perf_counter()
     torch.set_num_threads(threads)  # for the per-shape matrix-multiply rates measured here
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores, load average {load:.1f}; "
-          f"batch {B} x {T}; {args.rounds} interleaved rounds of "
-          f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'}, medians; training chars/s")
+          f"batch {B} x {T}; {args.processes} x {args.rounds} interleaved rounds of "
+          f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'} (processes x rounds), medians; "
+          f"training chars/s")
     print(f"{'config':<24} {'plain':>8} {'nn.LSTM':>8} {'nn+kept':>8} {'ours':>8} {'ours/nn':>8} {'target':>7} "
           f"{'ours/nn+kept':>12} {'ours/plain':>10}")
     flop_rows, bf16_rows = [], []
@@ -418,12 +451,8 @@ def main() -> None:
             wanted.append("bound")
         if args.bf16:
             wanted += ["ours_bf16"] if cell == "gru" else ["nn_bf16", "ours_bf16"]
-        contenders = {who: Contender(who, name, threads, B, T) for who in wanted}
-        try:
-            seconds = measure_row(contenders, args.rounds, args.seconds, args.iters)
-        finally:
-            for contender in contenders.values():
-                contender.close()
+        seconds, per_process = measure_row(wanted, name, threads, B, T, args.processes, args.rounds, args.seconds,
+                                           args.iters)
         speed = {who: B * T / value for who, value in seconds.items()}
         label = f"{cell} {layers}x{size} V={vocab_size}"
 
@@ -434,7 +463,11 @@ def main() -> None:
             return f"{speed['ours'] / speed[who]:>{width - 1}.2f}x" if who in speed else f"{'-':>{width}}"
         target = f">={TARGETS[name]:.2f}" if name in TARGETS else "-"
         print(f"{label:<24} {column('plain')} {column('nn')} {column('nn_kept')} {column('ours')} {ratio('nn', 8)} "
-              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}", flush=True)
+              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}")
+        if args.processes > 1:
+            print("    single processes: " + "; ".join(
+                f"{who} " + " ".join(f"{B * T / value / 1e3:.1f}K" for value in per_process[who])
+                for who in ("nn", "ours") if who in per_process), flush=True)
         if "bound" in seconds:
             flop_rows.append((label, lstm_products(vocab_size, layers, size, B, T), seconds["ours"], seconds["bound"]))
         if args.bf16:
