@@ -19,21 +19,23 @@ and must use only characters of the checkpoint's vocabulary; token ids are the c
 """
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from train import evaluate_split
+from model import CharRNN
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
 from util.corpus import DecodeError, preprocess
 from util.data import SPLITS, BatchLoader, char_rnn_splits, id_storage, load_data_dir, read_h5_json
 from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device
-from util.errors import UserError, run_main
+from util.errors import UserError, diagnostic, run_main
 from util.options import Option, lua_number, parse_options
 from util.vocab import BYTES, Vocab
 
@@ -78,11 +80,7 @@ class Result:
                 f"perplexity {self.perplexity:.4f} ({self.characters} characters, {self.source})")
 
 
-def diagnostic(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def check_source(opt, given: set[str]) -> None:
+def check_source(opt: SimpleNamespace, given: set[str]) -> None:
     """Exactly one of -data_dir and -input, and only options that apply to it."""
     if bool(opt.data_dir) == bool(opt.input):
         raise UserError("give either -data_dir DIR (char-rnn's split of DIR/input.txt) or -input FILE "
@@ -94,7 +92,7 @@ def check_source(opt, given: set[str]) -> None:
         raise UserError(f"-split must be train, val or test, not '{opt.split}'")
 
 
-def resolve_options(opt, saved: dict) -> None:
+def resolve_options(opt: SimpleNamespace, saved: dict) -> None:
     """Check the batch shape and fractions; 0 means the checkpoint's value (else char-rnn's default)."""
     for name, fallback in FALLBACKS.items():
         value = getattr(opt, name)
@@ -154,7 +152,8 @@ def data_dir_ids(data_dir: str, vocab: Vocab, path: str, log) -> tuple[np.ndarra
     return onto_checkpoint(ids, data_vocab, vocab, text, path), text
 
 
-def evaluate_data_dir(model, vocab: Vocab, opt, device: torch.device, log) -> Result:
+def evaluate_data_dir(model: CharRNN, vocab: Vocab, opt: SimpleNamespace, device: torch.device,
+                      log: Callable[[str], None]) -> Result:
     """char-rnn's eval_split on the chosen split of DIR/input.txt (via train.evaluate_split)."""
     ids, text = data_dir_ids(opt.data_dir, vocab, opt.checkpoint, log)
     batch_size, seq_length = opt.batch_size, opt.seq_length
@@ -178,7 +177,7 @@ def evaluate_data_dir(model, vocab: Vocab, opt, device: torch.device, log) -> Re
                   opt.split)
 
 
-def evaluate_stream(model, ids: np.ndarray, device: torch.device, chunk_length: int | None = None) -> float:
+def evaluate_stream(model: CharRNN, ids: np.ndarray, device: torch.device, chunk_length: int | None = None) -> float:
     """Mean loss over one stream: from a zero state, state carried from chunk to chunk, each token
     predicted from all before it."""
     chunk_length = chunk_length or INPUT_CHUNK

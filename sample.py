@@ -3,12 +3,13 @@
     python sample.py cv/lm_epoch30.pt -temperature 0.8
 """
 import sys
+from types import SimpleNamespace
 
 import torch
 
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
 from util.device import GPU_OPTIONS, configure_cpu, manual_seed, select_device
-from util.errors import UserError, run_main
+from util.errors import UserError, diagnostic, run_main
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
 
@@ -25,11 +26,7 @@ OPTIONS = [
 ]
 
 
-def diagnostic(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def prime_tokens(opt, vocab: Vocab) -> list[int]:
+def prime_tokens(opt: SimpleNamespace, vocab: Vocab) -> list[int]:
     """The primetext (or the primefile's text) as token indices, unknown characters handled."""
     text: str | bytes = opt.primetext
     if opt.primefile:
@@ -73,12 +70,12 @@ def main(argv: list[str]) -> None:
         shape = checkpoint["model"]
         diagnostic(f"loaded {opt.checkpoint}: {shape['model_type']}, {shape['num_layers']} x {shape['rnn_size']}, "
                    f"vocabulary {len(vocab)}")
-    out = sys.stdout.buffer
+    out, encode = sys.stdout.buffer, vocab.token_encoder()
     with torch.inference_mode():
         state = model.zero_state(1)
         logits = torch.zeros(1, len(vocab), device=device)  # no primetext: a uniform first character
         for index in prime:
-            out.write(vocab.token_bytes(index))
+            out.write(encode(vocab.tokens[index]))
             logits, state = model.step(torch.tensor([index], device=device), state)
         out.flush()
         for _ in range(opt.length):
@@ -87,10 +84,10 @@ def main(argv: list[str]) -> None:
                 token = torch.multinomial(probabilities, 1)[:, 0]
             else:
                 token = logits.argmax(dim=-1)
-            out.write(vocab.token_bytes(token.item()))
+            out.write(encode(vocab.tokens[token.item()]))
             out.flush()
             logits, state = model.step(token, state)
-    out.write(b"\n")
+    out.write(encode("\n"))
     out.flush()
 
 

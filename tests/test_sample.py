@@ -351,6 +351,41 @@ def test_byte_model_writes_raw_bytes(runs):
         data.decode("utf-8")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_output_in_an_encoding_with_a_byte_order_mark_is_one_stream(tmp_path, monkeypatch, encoding):
+    """Written character by character, the output still has one byte-order mark, at its start, and
+    decodes as a whole to primetext + generated text + newline."""
+    path = tmp_path / "ck.pt"
+    save_checkpoint(str(path), checkpoint_dict(build_model("lstm", ASCII_TOKENS, 8, 1), ASCII_TOKENS, encoding))
+    data = run_in_process([path, "-gpuid", "-1", "-verbose", "0", "-primetext", PRIME, "-length", 40], monkeypatch)
+    text = data.decode(encoding)
+    assert "\ufeff" not in text and text.startswith(PRIME) and text.endswith("\n")
+    assert len(text) == len(PRIME) + 40 + 1
+    assert len(data) == len(text.encode(encoding))
+
+
+def test_byte_model_takes_the_primetext_bytes_as_given(tmp_path, monkeypatch):
+    """The command line's bytes, even when they are not UTF-8 (Python hands them over as lone
+    surrogates: 0xE9 becomes U+DCE9)."""
+    path = tmp_path / "bytes.pt"
+    save_checkpoint(str(path), byte_checkpoint())
+    data = run_in_process([path, "-gpuid", "-1", "-verbose", "0", "-primetext", "ab\udce9", "-length", 5],
+                          monkeypatch)
+    assert data.startswith(b"ab\xe9") and len(data) == 3 + 5 + 1
+
+
+def test_primefile_with_a_utf8_byte_order_mark(tmp_path, monkeypatch, files):
+    """A primefile saved with a BOM (as Windows Notepad does) primes with its text: preprocess.py
+    drops the BOM too, so it is in no vocabulary."""
+    prime = tmp_path / "prime.txt"
+    prime.write_bytes(b"\xef\xbb\xbf" + PRIME.encode())
+    data = run_in_process([files["ascii"], "-gpuid", "-1", "-verbose", "0", "-sample", "0", "-primefile", prime,
+                           "-length", 30], monkeypatch)
+    plain = run_in_process([files["ascii"], "-gpuid", "-1", "-verbose", "0", "-sample", "0", "-primetext", PRIME,
+                            "-length", 30], monkeypatch)
+    assert data == plain and data.startswith(PRIME.encode())
+
+
 # ---- devices ----------------------------------------------------------------------------------------
 
 def test_checkpoint_saved_on_a_gpu_loads_on_the_cpu(runs, files):

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from util.errors import UserError
-from util.vocab import BYTES, Vocab
+from util.vocab import BYTES, Vocab, check_text_encoding
 
 # 1 MiB: each chunk's temporaries (decoded text, code points, index arrays) stay cache-sized;
 # 16 MiB chunks ran at half the speed and 3-4x the peak memory (bench/preprocess_speed.py).
@@ -57,10 +57,8 @@ def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
             while chunk := handle.read(CHUNK_BYTES):
                 yield np.frombuffer(chunk, dtype=np.uint8)
             return
-        try:
-            decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-        except LookupError:
-            raise UserError(f"unknown encoding '{encoding}' (use utf-8, bytes, latin-1, ...)") from None
+        check_text_encoding(encoding)
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
         offset = 0  # file offset of the first byte of `chunk`
         if codecs.lookup(encoding).name == "utf-8":
             offset = len(UTF8_BOM) if handle.read(len(UTF8_BOM)) == UTF8_BOM else 0

@@ -10,6 +10,7 @@ batch k is the k-th seq_length-wide column block of both.
 import json
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import h5py
@@ -85,7 +86,7 @@ def load_data_dir(data_dir: str, log: Callable[[str], None] = print,
     return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
 
 
-def data_source(opt, given: set[str]) -> str:
+def data_source(opt: SimpleNamespace, given: set[str]) -> str:
     """An explicit -data_dir wins; else the HDF5/JSON pair when named or when preprocess.py's default
     output exists; else char-rnn's bundled folder."""
     if "data_dir" in given:
@@ -95,7 +96,7 @@ def data_source(opt, given: set[str]) -> str:
     return "data_dir"
 
 
-def load_training_data(opt, source: str, log: Callable[[str], None] = print,
+def load_training_data(opt: SimpleNamespace, source: str, log: Callable[[str], None] = print,
                        encoding: str | None = None) -> tuple[Vocab, "BatchLoader"]:
     """The vocabulary and a loader over `source` ('h5' or 'data_dir') with opt's batch shape;
     `encoding` as in load_data_dir."""

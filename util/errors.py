@@ -7,9 +7,19 @@ class UserError(Exception):
     """A problem the user can fix (bad option, bad file); printed as one line."""
 
 
+# what str.splitlines breaks at, shown escaped: a message echoing a value or a file name that holds
+# one (`-model "lstm\n"`) still prints as one line
+LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def fail(message: str) -> NoReturn:
-    print(f"Error: {message}", file=sys.stderr)
+    print(f"Error: {message.translate(LINE_BREAKS)}", file=sys.stderr)
     sys.exit(1)
+
+
+def diagnostic(message: str) -> None:
+    """A line for the user on stderr (notices, warnings), leaving stdout to the output proper."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_main(main: Callable[[list[str]], int | None]) -> None:

@@ -4,7 +4,9 @@ Tokens are Unicode code points of the decoded text, or single bytes when the enc
 `bytes` (char-rnn's byte-level mode). A byte token is stored as the character with the same
 value (chr(b)), so both kinds live in the same JSON layout as torch-rnn's.
 """
-from typing import Iterable
+import codecs
+import os
+from typing import Callable, Iterable
 
 from util.errors import UserError
 
@@ -13,6 +15,8 @@ BYTES = "bytes"
 
 class Vocab:
     def __init__(self, tokens: Iterable[str], encoding: str = "utf-8"):
+        if encoding != BYTES:
+            check_text_encoding(encoding)
         self.tokens = list(tokens)
         self.encoding = encoding
         self.index = {token: i for i, token in enumerate(self.tokens)}
@@ -55,13 +59,30 @@ class Vocab:
         return cls(tokens, obj.get("encoding", "utf-8"))
 
     def text_to_tokens(self, text: str | bytes) -> list[str]:
-        """Split text into tokens: characters, or for a byte vocabulary the bytes of its encoding."""
+        """Split text (a command-line str or a file's bytes) into tokens: characters, or for a byte
+        vocabulary bytes. A str becomes the bytes it was given as (os.fsencode undoes the
+        command line's decoding); a file's bytes decode in the vocabulary's encoding, a UTF-8 BOM
+        dropped as preprocess.py drops it."""
         if self.is_bytes:
-            data = text if isinstance(text, bytes) else text.encode("utf-8")
-            return [chr(b) for b in data]
-        return list(text if isinstance(text, str) else text.decode(self.encoding))
+            return [chr(b) for b in (text if isinstance(text, bytes) else os.fsencode(text))]
+        if isinstance(text, bytes):
+            text = text.decode(self.encoding)
+            if codecs.lookup(self.encoding).name == "utf-8" and text.startswith("\ufeff"):
+                text = text[1:]
+        return list(text)
 
-    def token_bytes(self, index: int) -> bytes:
-        """What token `index` (0-based) is on disk or on stdout."""
-        token = self.tokens[index]
-        return bytes([ord(token)]) if self.is_bytes else token.encode(self.encoding, errors="replace")
+    def token_encoder(self) -> Callable[[str], bytes]:
+        """Encodes tokens written one after another to one stream (stdout): a byte-order mark
+        (utf-16, utf-32, utf-8-sig) comes once, before the first."""
+        if self.is_bytes:
+            return lambda token: bytes([ord(token)])
+        return codecs.getincrementalencoder(self.encoding)(errors="replace").encode
+
+
+def check_text_encoding(encoding: str) -> None:
+    """A UserError unless Python can encode and decode text in `encoding` (not so rot13, base64,
+    zlib and the other bytes-to-bytes codecs)."""
+    try:
+        "a".encode(encoding)
+    except (LookupError, UnicodeError):
+        raise UserError(f"unknown text encoding '{encoding}' (use utf-8, bytes, latin-1, ...)") from None
