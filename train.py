@@ -7,7 +7,7 @@ import math
 import os
 import signal
 import time
-
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -22,7 +22,7 @@ from util.device import (GPU_OPTIONS, PRECISION_OPTION, THREADS_OPTION, autocast
                          manual_seed, select_device, synchronize)
 from util import distributed
 from util.errors import UserError, run_main
-from util.options import Option, lua_number, parse_options
+from util.options import Option, Parsed, lua_number, parse_options
 from util.vocab import BYTES, Vocab
 
 OPTIONS = [
@@ -59,11 +59,11 @@ SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
 DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
 
 
-def check_options(opt) -> None:
+def check_options(opt: SimpleNamespace) -> None:
     if opt.model not in LAYERS:
         raise UserError(f"-model must be lstm, gru or rnn, not '{opt.model}'")
     for name in ("rnn_size", "num_layers", "seq_length", "batch_size", "max_epochs", "learning_rate",
-                 "grad_clip", "print_every", "eval_val_every"):
+                 "learning_rate_decay", "grad_clip", "print_every", "eval_val_every"):
         value = getattr(opt, name)
         if not 0 < value < math.inf:
             raise UserError(f"-{name} must be a positive number, not {lua_number(value)}")
@@ -76,7 +76,7 @@ def check_options(opt) -> None:
         raise UserError("use either -init_from (new run from weights) or -resume (continue a run), not both")
 
 
-def resumed_options(parsed, checkpoint: dict):
+def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
     """The checkpoint's options, overridden by those given now; shape and data may not change."""
     opt = parsed.values
     saved = checkpoint["opt"]
@@ -84,10 +84,18 @@ def resumed_options(parsed, checkpoint: dict):
         if name in parsed.given and getattr(opt, name) != saved.get(name):
             raise UserError(f"-{name} {lua_number(getattr(opt, name))} conflicts with the checkpoint's "
                             f"{lua_number(saved.get(name))}; -resume continues the same model on the same data")
+    if "seed" in parsed.given and opt.seed != saved.get("seed"):
+        raise UserError(f"-seed {opt.seed} conflicts with the checkpoint's {saved.get('seed')}; -resume continues "
+                        f"from the random-number state saved in it")
     for name, value in saved.items():
         if name not in parsed.given and name not in ("resume", "init_from"):
             setattr(opt, name, value)
     return opt
+
+
+def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: float) -> torch.optim.RMSprop:
+    """char-rnn's optim.rmsprop: PyTorch's RMSprop with decay_rate as alpha and char-rnn's epsilon."""
+    return torch.optim.RMSprop(params, lr=learning_rate, alpha=decay_rate, eps=1e-8)
 
 
 def forward_backward(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: State,
@@ -120,7 +128,7 @@ def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torc
     return total / loader.n_batches(split)
 
 
-def to_cpu(value):
+def to_cpu(value: object) -> object:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -201,7 +209,7 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
     if ranks.active:
         say(f"data parallel: {ranks.world_size} processes, {rows.stop - rows.start} streams each")
 
-    optimizer = torch.optim.RMSprop(params, lr=opt.learning_rate, alpha=opt.decay_rate, eps=1e-8)
+    optimizer = rmsprop(params, opt.learning_rate, opt.decay_rate)
     iterations = int(opt.max_epochs * ntrain)
     if iterations == 0:
         raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
@@ -212,8 +220,9 @@ def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -
     if resume:
         saved = resume["resume"]
         optimizer.load_state_dict(saved["optimizer"])
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups:  # load_state_dict brought back the saved hyperparameters
             group["lr"] = opt.learning_rate if "learning_rate" in given else saved["learning_rate"]
+            group["alpha"] = opt.decay_rate
         loader.position["train"] = saved["loader_position"]
         state = tuple(part[:, rows].to(device) for part in saved["hidden"])
         torch.set_rng_state(saved["rng"])

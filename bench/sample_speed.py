@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("-chars", type=int, default=1500, help="characters per timed round")
     parser.add_argument("-repeats", type=int, default=3, help="timed rounds per sampler")
     parser.add_argument("-seconds", type=float, default=4.0, help="a round stops early after this long")
-    parser.add_argument("-threads", type=int, default=0, help="torch threads; 0 = PyTorch's default, as sample.py")
+    parser.add_argument("-threads", type=int, default=0, help="torch threads of both samplers; 0 = PyTorch's default (sample.py uses 1: -threads 1 times its setting)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -102,8 +102,7 @@ def random_batches(vocab_size: int, batch_size: int, seq_length: int, seed: int 
 
 
 def rmsprop(params):
-    """The optimizer as train.py builds it."""
-    return torch.optim.RMSprop(params, lr=LEARNING_RATE, alpha=DECAY_RATE, eps=1e-8)
+    return train.rmsprop(params, LEARNING_RATE, DECAY_RATE)
 
 
 def plain_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):

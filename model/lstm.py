@@ -139,10 +139,6 @@ class LSTMLayer(nn.Module):
         h = o * torch.tanh(c)
         return h, c
 
-    def kernel_weights(self) -> list[torch.Tensor]:
-        """The weights in PyTorch's kernel layout, whose gate order is i, f, g, o."""
-        return kernel_order(self.char_rnn_weights())
-
     def char_rnn_weights(self) -> list[torch.Tensor]:
         """The kernel's four tensors (weight_ih, weight_hh, bias_ih, bias_hh) in char-rnn's gate order."""
         return [self.i2h.weight, self.h2h.weight, self.i2h.bias, self.h2h.bias]

@@ -288,6 +288,8 @@ CASES = [
     # preprocess.py: the input file
     Case("pp_empty", "preprocess.py", IN, text_file(b""), ("input.txt", "empty")),
     Case("pp_missing", "preprocess.py", ["-input", "nope.txt", *OUT], None, ("nope.txt", "does not exist")),
+    Case("pp_line_break_in_name", "preprocess.py", ["-input", "no\rpe\n.txt", *OUT], None,
+         ("no\\rpe\\n.txt", "does not exist")),
     Case("pp_directory", "preprocess.py", ["-input", "folder", *OUT], folder("folder"), ("folder", "directory")),
     Case("pp_not_utf8", "preprocess.py", IN, text_file("café au lait\n".encode("latin-1") * 3),
          ("input.txt", "offset 3", "0xe9", "-encoding bytes")),
@@ -308,6 +310,8 @@ CASES = [
          text_file(TEXT.encode()), ("-test_frac",)),
     Case("pp_unknown_encoding", "preprocess.py", [*IN, "-encoding", "ebcdic-xx"],
          text_file(TEXT.encode()), ("ebcdic-xx",)),
+    Case("pp_not_a_text_encoding", "preprocess.py", [*IN, "-encoding", "rot13"], text_file(TEXT.encode()),
+         ("rot13", "text encoding")),
     Case("pp_quiet_value", "preprocess.py", [*IN, "-quiet=2"], text_file(TEXT.encode()),
          ("-quiet", "2")),
     # the output would replace the input text (an easy slip: the user's text would be lost)
@@ -342,6 +346,12 @@ CASES = [
     Case("tr_dropout_nan", "train.py", [*DATA, "-dropout", "nan"], data, ("-dropout", "nan")),
     Case("tr_unknown_model", "train.py", [*DATA, "-model", "transformer"], data, ("-model", "transformer")),
     Case("tr_unknown_precision", "train.py", [*DATA, "-precision", "fp16"], data, ("-precision", "fp16")),
+    Case("tr_threads_negative", "train.py", [*DATA, "-threads", "-1"], data, ("-threads", "-1")),
+    Case("tr_threads_beyond_int", "train.py", [*DATA, "-threads", "4294967296"], data, ("-threads", "4294967296")),
+    Case("tr_learning_rate_decay_negative", "train.py", [*DATA, "-learning_rate_decay", "-0.5"], data,
+         ("-learning_rate_decay", "-0.5")),
+    Case("tr_line_break_in_value", "train.py", [*DATA, "-model", "lstm\ngru\u2028rnn"], data,
+         ("-model", "lstm\\ngru\\u2028rnn")),
     Case("tr_train_frac", "train.py", [*DATA, "-train_frac", "1.5"], data, ("-train_frac",)),
     Case("tr_fractions_sum", "train.py", [*DATA, "-train_frac", "0.9", "-val_frac", "0.2"], data,
          ("-train_frac", "-val_frac")),
@@ -638,6 +648,23 @@ def digit_lookalike(text: str) -> bool:
     return text.strip().lstrip("+-").isdigit() and not_an_int(text)
 
 
+@pytest.mark.parametrize("name", ["ck.pt", "model.t7"])
+def test_unreadable_checkpoint_is_a_user_error(tmp_path, monkeypatch, name):
+    """A checkpoint the user may not read (or a disk error): the tests run as root, where chmod
+    cannot take read permission away, so util.checkpoint's open fails here instead."""
+    import util.checkpoint
+
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04 whatever")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(util.checkpoint, "open", refuse, raising=False)
+    with pytest.raises(UserError) as error:
+        util.checkpoint.load_checkpoint(str(path))
+    assert str(error.value) == f"cannot read checkpoint {path}: Permission denied"
+
+
 @pytest.mark.parametrize("text", ["\u00b2", "\u2460"])
 def test_digit_lookalikes_are_user_errors(text):
     """str.isdigit() is true for superscripts and circled digits, which int() rejects."""
@@ -665,7 +692,8 @@ TYPED = [(script, option) for script, (options, _) in SCRIPTS.items() for option
        dashes=st.sampled_from(["-", "--"]), inline=st.booleans(), before=st.integers(0, 3))
 def test_ill_typed_value_names_the_option(script, option, text, dashes, inline, before):
     """Any text that is not a number (an integer, a 0/1 flag) names the option and the text. Texts
-    are kept to one line: a value holding a line break is echoed raw, so its message has two."""
+    are kept to one line here; util.errors.fail escapes line breaks when it prints a message
+    (tr_line_break_in_value, pp_line_break_in_name)."""
     options, positional = SCRIPTS[script]
     wrong = {int: not_an_int, float: not_a_float, bool: lambda t: t not in ("0", "1")}[option.kind]
     if not wrong(text) or digit_lookalike(text):  # the latter: test_digit_lookalikes_are_user_errors

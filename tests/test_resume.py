@@ -230,11 +230,13 @@ class Runs:
 
 def chain_lstm(r: Runs) -> dict:
     """A: 2 epochs in one go. M: resume A's mid-epoch checkpoint (iteration 14, before any decay)
-    elsewhere, printing every 5. I: -init_from A's last checkpoint for 1 epoch; I2: resume I's
-    mid-epoch checkpoint (a run started with -init_from must be resumable too)."""
+    elsewhere, printing every 5; D: the same with another -decay_rate. I: -init_from A's last
+    checkpoint for 1 epoch; I2: resume I's mid-epoch checkpoint (a run started with -init_from must
+    be resumable too)."""
     out = {"A": r.train("A_lstm", *common(r.data), *shape("lstm"), "-max_epochs", 2)}
     a_cv = r.root / "A_lstm" / "cv"
     out["M"] = r.train("M_lstm", "-resume", a_cv / name(14), "-print_every", 5)
+    out["D"] = r.train("D_lstm", "-resume", a_cv / name(14), "-decay_rate", 0.5)
     out["I"] = r.train("I_lstm", *common(r.data), "-init_from", a_cv / name(END), "-max_epochs", 1)
     out["I2"] = r.train("I2_lstm", "-resume", r.root / "I_lstm" / "cv" / name(28))
     return out
@@ -431,6 +433,18 @@ def test_resume_mid_epoch_elsewhere_keeps_the_checkpoints_options(runs):
         assert_same_run_state(a_cv / checkpoint, m_cv / checkpoint)
 
 
+def test_resume_with_another_decay_rate_uses_it(runs):
+    """-decay_rate given with -resume is RMSprop's from then on (the optimizer state alone would
+    bring back the saved one), and the checkpoints record it."""
+    a, d = ok(runs["lstm"]["A"]), ok(runs["lstm"]["D"])
+    saved = load(runs.root / "D_lstm" / "cv" / name(END))
+    assert load(runs.root / "A_lstm" / "cv" / name(14))["opt"]["decay_rate"] != 0.5
+    assert saved["opt"]["decay_rate"] == 0.5
+    assert {group["alpha"] for group in saved["resume"]["optimizer"]["param_groups"]} == {0.5}
+    one_go, resumed = losses(a.stdout), losses(d.stdout)
+    assert resumed[15] == one_go[15] and resumed[END] != one_go[END]  # the first step with 0.5 comes after 15's loss
+
+
 @pytest.mark.parametrize("run", ["gru", "rnn", "bf16"])
 def test_resume_after_a_decay_other_models_and_bf16(runs, run):
     a, m = ok(runs[run]["A"]), ok(runs[run]["M"])
@@ -456,9 +470,9 @@ def test_run_started_with_init_from_can_be_resumed(runs):
 
 @pytest.mark.parametrize("option, value", [
     ("rnn_size", "32"), ("num_layers", "3"), ("model", "gru"), ("batch_size", "4"), ("seq_length", "9"),
-    ("data_dir", "OTHER"),
+    ("data_dir", "OTHER"), ("seed", "7"),
 ])
-def test_conflicting_shape_or_data_option_is_an_error(runs, option, value, tmp_path, monkeypatch):
+def test_conflicting_shape_data_or_seed_is_an_error(runs, option, value, tmp_path, monkeypatch):
     """In-process (train.main): the conflict is found before anything is loaded or written (the
     one-line message end to end: tests/test_bad_input.py, tr_resume_conflicting_*)."""
     import train

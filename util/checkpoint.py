@@ -61,12 +61,16 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise UserError(f"File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
     if path.endswith(".t7"):
         checkpoint = _load_torch7(path)
     else:
-        with open(path, "rb") as handle:
-            if handle.read(4) != ZIP_MAGIC:  # torch.save's format is a zip archive
-                raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
+        if magic != ZIP_MAGIC:  # torch.save's format is a zip archive
+            raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
@@ -89,6 +93,8 @@ def _load_torch7(path: str) -> dict:
         t7 = load_char_rnn_checkpoint(path)
     except ValueError as error:
         raise UserError(str(error)) from None
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
     return {
         "format": FORMAT,
         "model": {"model_type": t7["model_type"], "vocab_size": len(t7["tokens"]), "rnn_size": t7["rnn_size"],

@@ -57,12 +57,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+MAX_THREADS = 1024  # beyond it torch.set_num_threads fails (above 2**31) or OpenMP runs out of threads
+
+
 def configure_cpu(threads: int) -> None:
     """CPU threads for PyTorch's kernels (0 = every core this process may use), freed memory kept
     for reuse (keep_freed_memory), and denormals flushed to zero from the start: oneDNN's kernels
     switch that mode on at their first call, so without this a run's numbers would depend on
     whether such a call came earlier in the process, and a resumed run would drift from an
     uninterrupted one in the last bits."""
+    if not 0 <= threads <= MAX_THREADS:
+        raise UserError(f"-threads must be 0 (every core) to {MAX_THREADS}, not {threads}")
     torch.set_num_threads(threads if threads > 0 else len(os.sched_getaffinity(0)))
     torch.set_flush_denormal(True)
     keep_freed_memory()
