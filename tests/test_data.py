@@ -17,6 +17,7 @@ from util.data import BatchLoader, char_rnn_splits, load_data_dir, read_h5_json,
 from util.errors import UserError
 
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
+HONGLOUMENG = REPO / "data" / "hongloumeng" / "input.txt"
 
 
 def quiet(_):
@@ -313,6 +314,16 @@ def test_tinyshakespeare_batch_counts():
     assert splits["val"].y[-1, -1] == ids[0]
     loader = BatchLoader(splits, 50, 50)
     assert (loader.n_batches("train"), loader.n_batches("val"), loader.n_batches("test")) == (423, 23, 0)
+
+
+def test_bundled_chinese_novel_has_one_token_per_character(tmp_path):
+    """data/hongloumeng (红楼梦, data/SOURCES.md) as train.py -data_dir reads it: 4,447 tokens,
+    every one a single code point, and the ids decode back to the whole text."""
+    shutil.copy(HONGLOUMENG, tmp_path / "input.txt")
+    vocab, ids = load_data_dir(str(tmp_path), log=lambda _: None)
+    text = HONGLOUMENG.read_text(encoding="utf-8")
+    assert len(vocab) == 4447 and len(ids) == len(text) == 879195
+    assert "".join(np.array(vocab.tokens)[ids]) == text
 
 
 # ---- load_data_dir ----------------------------------------------------------------------------------

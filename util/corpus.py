@@ -93,8 +93,6 @@ def scan(path: str, encoding: str) -> tuple[Vocab, int]:
 
 def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
     """torch-rnn's contiguous split: train is the head, then val, then test."""
-    if val_frac + test_frac >= 1:
-        raise UserError("-val_frac and -test_frac leave nothing for training; their sum must be below 1")
     val, test = int(val_frac * total), int(test_frac * total)
     sizes = SplitSizes(total - val - test, val, test)
     too_small = [name for name, frac, size in (("train", 1, sizes.train), ("val", val_frac, val), ("test", test_frac, test))
@@ -108,8 +106,9 @@ def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
 def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, test_frac: float,
                encoding: str = "utf-8", log: Callable[[str], None] = print) -> tuple[Vocab, SplitSizes]:
     """Tokenize `path` and write the HDF5 splits and the JSON vocabulary (each atomically)."""
-    if not (0 <= val_frac <= 1 and 0 <= test_frac <= 1) or val_frac + test_frac > 1:
-        raise UserError("-val_frac and -test_frac must be in [0, 1] and sum to at most 1")
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise UserError("-val_frac and -test_frac must be in [0, 1) and their sum below 1: they leave nothing "
+                        "for training otherwise")
     vocab, total = scan(path, encoding)
     if total == 0:
         raise UserError(f"{path} is empty: there is nothing to train on")
