@@ -462,7 +462,7 @@ def main() -> None:
             return f"{speed['ours'] / speed[who]:>{width - 1}.2f}x" if who in speed else f"{'-':>{width}}"
         target = f">={TARGETS[name]:.2f}" if name in TARGETS else "-"
         print(f"{label:<24} {column('plain')} {column('nn')} {column('nn_kept')} {column('ours')} {ratio('nn', 8)} "
-              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}")
+              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}", flush=True)
         if args.processes > 1:
             print("    single processes: " + "; ".join(
                 f"{who} " + " ".join(f"{B * T / value / 1e3:.1f}K" for value in per_process[who])

@@ -43,6 +43,7 @@ from util.corpus import preprocess
 from util.data import load_data_dir
 from util.errors import UserError
 from util.options import Option, lua_number, parse_options
+from util.vocab import Vocab
 
 import preprocess as preprocess_script
 import sample as sample_script
@@ -346,7 +347,6 @@ CASES = [
     Case("tr_dropout_nan", "train.py", [*DATA, "-dropout", "nan"], data, ("-dropout", "nan")),
     Case("tr_unknown_model", "train.py", [*DATA, "-model", "transformer"], data, ("-model", "transformer")),
     Case("tr_unknown_precision", "train.py", [*DATA, "-precision", "fp16"], data, ("-precision", "fp16")),
-    Case("tr_threads_negative", "train.py", [*DATA, "-threads", "-1"], data, ("-threads", "-1")),
     Case("tr_threads_beyond_int", "train.py", [*DATA, "-threads", "4294967296"], data, ("-threads", "4294967296")),
     Case("tr_learning_rate_decay_negative", "train.py", [*DATA, "-learning_rate_decay", "-0.5"], data,
          ("-learning_rate_decay", "-0.5")),
@@ -424,6 +424,8 @@ CASES = [
     Case("tr_resume_nan", "train.py", ["-resume", "ck.pt"], data_with_checkpoint(nan_checkpoint), ("ck.pt", "NaN")),
     Case("tr_resume_conflicting_shape", "train.py", ["-resume", "ck.pt", "-rnn_size", "32"],
          data_with_checkpoint(write_checkpoint), ("-rnn_size 32", "8", "conflicts")),
+    Case("tr_resume_conflicting_seed", "train.py", ["-resume", "ck.pt", "-seed", "7"],
+         data_with_checkpoint(write_checkpoint), ("-seed 7", "conflicts")),
     Case("tr_resume_conflicting_data", "train.py", ["-resume", "ck.pt", "-data_dir", "other"],
          lambda tmp, shared: (copy_data(tmp, shared), copy_data(tmp, shared, "other"), write_checkpoint(tmp)),
          ("-data_dir other", "conflicts")),
@@ -646,6 +648,14 @@ def not_an_int(text: str) -> bool:
 def digit_lookalike(text: str) -> bool:
     """Text that str.isdigit() accepts but int() does not ('²', '①')."""
     return text.strip().lstrip("+-").isdigit() and not_an_int(text)
+
+
+@pytest.mark.parametrize("encoding", [None, 5, "rot13", "idna"])
+def test_vocabulary_with_an_unusable_encoding_is_a_user_error(encoding):
+    """What a hand-edited input.json or checkpoint may hold: not a string, a bytes-to-bytes codec,
+    or a codec that cannot replace what it cannot encode (sample.py's output needs that)."""
+    with pytest.raises(UserError, match="unknown text encoding"):
+        Vocab.from_json({"idx_to_token": {"1": "a"}, "encoding": encoding})
 
 
 @pytest.mark.parametrize("name", ["ck.pt", "model.t7"])

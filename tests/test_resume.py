@@ -244,10 +244,10 @@ def chain_lstm(r: Runs) -> dict:
 
 def chain_extend(r: Runs) -> dict:
     """B: the same run as A, but -max_epochs 1; then -resume it in place with -max_epochs 2 (and
-    the shape and batch options repeated with their unchanged values, which is no conflict)."""
+    the shape, batch and seed options repeated with their unchanged values, which is no conflict)."""
     out = {"B": r.train("B_lstm", *common(r.data), *shape("lstm"), "-max_epochs", 1)}
     out["B2"] = r.train("B_lstm", "-resume", "cv/" + name(N_TRAIN), "-max_epochs", 2, "-model", "lstm",
-                        "-rnn_size", 16, "-batch_size", BATCH)
+                        "-rnn_size", 16, "-batch_size", BATCH, "-seed", 123)
     return out
 
 

@@ -93,8 +93,6 @@ def _load_torch7(path: str) -> dict:
         t7 = load_char_rnn_checkpoint(path)
     except ValueError as error:
         raise UserError(str(error)) from None
-    except OSError as error:
-        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
     return {
         "format": FORMAT,
         "model": {"model_type": t7["model_type"], "vocab_size": len(t7["tokens"]), "rnn_size": t7["rnn_size"],

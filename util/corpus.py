@@ -15,12 +15,11 @@ import h5py
 import numpy as np
 
 from util.errors import UserError
-from util.vocab import BYTES, Vocab, check_text_encoding
+from util.vocab import BYTES, Vocab, check_text_encoding, has_utf8_bom
 
 # 1 MiB: each chunk's temporaries (decoded text, code points, index arrays) stay cache-sized;
 # 16 MiB chunks ran at half the speed and 3-4x the peak memory (bench/preprocess_speed.py).
 CHUNK_BYTES = 1 << 20
-UTF8_BOM = codecs.BOM_UTF8
 MAX_CODE_POINT = 0x110000
 
 
@@ -60,9 +59,8 @@ def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
         check_text_encoding(encoding)
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
         offset = 0  # file offset of the first byte of `chunk`
-        if codecs.lookup(encoding).name == "utf-8":
-            offset = len(UTF8_BOM) if handle.read(len(UTF8_BOM)) == UTF8_BOM else 0
-            handle.seek(offset)
+        offset = len(codecs.BOM_UTF8) if has_utf8_bom(handle.read(len(codecs.BOM_UTF8)), encoding) else 0
+        handle.seek(offset)
         while True:
             chunk = handle.read(CHUNK_BYTES)
             pending = len(decoder.getstate()[0])

@@ -15,7 +15,7 @@ GPU_OPTIONS = [
     Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
     Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
 ]
-THREADS_OPTION = Option("threads", 0, "CPU threads; 0 = all cores")
+THREADS_OPTION = Option("threads", 0, "CPU threads; 0 (or negative) = all cores")
 PRECISION_OPTION = Option("precision", "fp32", "fp32, or bf16: matrix products in bfloat16 (autocast); weights, "
                                                "gradients and optimizer stay fp32")
 PRECISIONS = ("fp32", "bf16")
@@ -61,13 +61,13 @@ MAX_THREADS = 1024  # beyond it torch.set_num_threads fails (above 2**31) or Ope
 
 
 def configure_cpu(threads: int) -> None:
-    """CPU threads for PyTorch's kernels (0 = every core this process may use), freed memory kept
+    """CPU threads for PyTorch's kernels (0 or negative = every core this process may use), freed memory kept
     for reuse (keep_freed_memory), and denormals flushed to zero from the start: oneDNN's kernels
     switch that mode on at their first call, so without this a run's numbers would depend on
     whether such a call came earlier in the process, and a resumed run would drift from an
     uninterrupted one in the last bits."""
-    if not 0 <= threads <= MAX_THREADS:
-        raise UserError(f"-threads must be 0 (every core) to {MAX_THREADS}, not {threads}")
+    if threads > MAX_THREADS:
+        raise UserError(f"-threads must be at most {MAX_THREADS}, not {threads}")
     torch.set_num_threads(threads if threads > 0 else len(os.sched_getaffinity(0)))
     torch.set_flush_denormal(True)
     keep_freed_memory()

@@ -66,9 +66,9 @@ class Vocab:
         if self.is_bytes:
             return [chr(b) for b in (text if isinstance(text, bytes) else os.fsencode(text))]
         if isinstance(text, bytes):
+            if has_utf8_bom(text, self.encoding):
+                text = text[len(codecs.BOM_UTF8):]
             text = text.decode(self.encoding)
-            if codecs.lookup(self.encoding).name == "utf-8" and text.startswith("\ufeff"):
-                text = text[1:]
         return list(text)
 
     def token_encoder(self) -> Callable[[str], bytes]:
@@ -80,9 +80,15 @@ class Vocab:
 
 
 def check_text_encoding(encoding: str) -> None:
-    """A UserError unless Python can encode and decode text in `encoding` (not so rot13, base64,
-    zlib and the other bytes-to-bytes codecs)."""
+    """A UserError unless Python can encode and decode text in `encoding`, replacing what it cannot
+    encode as sample.py does (not so rot13, base64, zlib and the other bytes-to-bytes codecs)."""
     try:
-        "a".encode(encoding)
-    except (LookupError, UnicodeError):
-        raise UserError(f"unknown text encoding '{encoding}' (use utf-8, bytes, latin-1, ...)") from None
+        "a".encode(encoding, errors="replace")
+    except (LookupError, UnicodeError, TypeError):
+        raise UserError(f"unknown text encoding {encoding!r} (use utf-8, bytes, latin-1, ...)") from None
+
+
+def has_utf8_bom(start: bytes, encoding: str) -> bool:
+    """Whether text in `encoding` starts with a UTF-8 byte-order mark, which is not a token: in any
+    spelling of UTF-8 but utf-8-sig, whose decoder drops it itself."""
+    return codecs.lookup(encoding).name == "utf-8" and start.startswith(codecs.BOM_UTF8)
