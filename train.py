@@ -57,6 +57,9 @@ OPTIONS = [
 ]
 SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
 DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
+# options -resume cannot change, and what it continues instead
+FIXED_ON_RESUME = {**dict.fromkeys(SHAPE_OPTIONS + DATA_OPTIONS, "the same model on the same data"),
+                   "seed": "from the random-number state saved in it"}
 
 
 def check_options(opt: SimpleNamespace) -> None:
@@ -80,13 +83,10 @@ def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
     """The checkpoint's options, overridden by those given now; shape and data may not change."""
     opt = parsed.values
     saved = checkpoint["opt"]
-    for name in SHAPE_OPTIONS + DATA_OPTIONS:
+    for name, continued in FIXED_ON_RESUME.items():
         if name in parsed.given and getattr(opt, name) != saved.get(name):
             raise UserError(f"-{name} {lua_number(getattr(opt, name))} conflicts with the checkpoint's "
-                            f"{lua_number(saved.get(name))}; -resume continues the same model on the same data")
-    if "seed" in parsed.given and opt.seed != saved.get("seed"):
-        raise UserError(f"-seed {opt.seed} conflicts with the checkpoint's {saved.get('seed')}; -resume continues "
-                        f"from the random-number state saved in it")
+                            f"{lua_number(saved.get(name))}; -resume continues {continued}")
     for name, value in saved.items():
         if name not in parsed.given and name not in ("resume", "init_from"):
             setattr(opt, name, value)

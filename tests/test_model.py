@@ -162,9 +162,10 @@ def test_hand_computation_detects_swapped_lstm_gates():
 
 # ---- fast paths against the plain per-step graph -----------------------------------------------
 
-def big_vocab(cell, rnn_size):
-    """The smallest vocabulary above the kernel's one-hot limit."""
-    return char_rnn.KERNEL_ONE_HOT_LIMIT + 1
+def vocab_size(which: str) -> int:
+    """A 'small' vocabulary, whose one-hot goes into the fused kernel, or the smallest 'large' one,
+    just above the kernel's one-hot limit."""
+    return 11 if which == "small" else char_rnn.KERNEL_ONE_HOT_LIMIT + 1
 
 
 class KernelSpy:
@@ -204,7 +205,7 @@ PATHS = [("lstm", True), ("lstm", False), ("gru", False), ("rnn", False), ("rnn"
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_fast_path_equals_per_step_graph(cell, kernel_on_cpu, vocab, num_layers, monkeypatch):
     H, B, T = 8, 3, 6
-    V = 11 if vocab == "small" else big_vocab(cell, H)
+    V = vocab_size(vocab)
     assert (V > char_rnn.KERNEL_ONE_HOT_LIMIT) == (vocab == "large")
     model = make_model(cell, V, H, num_layers, dropout=0.5).eval()
     assert model.layers[0].kernel_on_cpu == (cell == "lstm")  # the defaults
@@ -250,7 +251,7 @@ def test_bfloat16_autocast_follows_the_float32_numbers(cell, kernel_on_cpu, voca
     hand-written sequences take their inputs back to float32), the state stays float32, and logits
     and gradients follow float32's within bfloat16's precision (8 bits of mantissa)."""
     H, B, T = 16, 4, 8
-    V = 11 if vocab == "small" else big_vocab(cell, H)
+    V = vocab_size(vocab)
     model = make_model(cell, V, H, 2, scale=0.3).train()
     monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", kernel_on_cpu)
     state = random_state(model, B)
@@ -281,7 +282,7 @@ def test_fast_path_gradients_from_part_of_the_outputs(cell, kernel_on_cpu, vocab
     """Training uses the logits only (the state is carried detached); the hand-written backwards
     get no gradient for the final state then, or none for the outputs in the other case."""
     H, B, T = 8, 3, 5
-    V = 11 if vocab == "small" else big_vocab(cell, H)
+    V = vocab_size(vocab)
     model = make_model(cell, V, H, 2, dropout=0.5).eval()
     monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", kernel_on_cpu)
     state = random_state(model, B)
@@ -371,7 +372,7 @@ def test_gather_columns_is_the_one_hot_product():
 @pytest.mark.parametrize("vocab", ["small", "large"])
 def test_step_equals_forward_on_one_character(cell, vocab):
     H, B = 8, 4
-    V = 11 if vocab == "small" else big_vocab(cell, H)
+    V = vocab_size(vocab)
     model = make_model(cell, V, H, 2, dropout=0.5).eval()
     state = random_state(model, B)
     x = tokens(V, B, 1)[:, 0]
@@ -391,7 +392,7 @@ def test_step_equals_forward_on_one_character(cell, vocab):
 def test_fast_path_carries_state_across_calls(cell, vocab):
     """Two calls of forward, the state carried, equal one call on the whole sequence."""
     H, B, T = 8, 2, 6
-    V = 11 if vocab == "small" else big_vocab(cell, H)
+    V = vocab_size(vocab)
     model = make_model(cell, V, H, 2).eval()
     state = random_state(model, B)
     x = tokens(V, B, T)
