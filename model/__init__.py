@@ -1,3 +1,3 @@
 from model.char_rnn import LAYERS, CharRNN, State
 
-__all__ = ["CharRNN", "LAYERS", "State"]
+__all__ = ["LAYERS", "CharRNN", "State"]

@@ -6,33 +6,42 @@ top h before the decoder, never on the recurrent state. `forward` returns logits
 applied by the loss and the sampler.
 
 `forward_steps` is char-rnn's graph step by step, the reference. `forward` gives the same numbers
-faster (tests/test_model.py compares outputs, state and gradients of every path):
-- LSTM (and RNN on GPUs): PyTorch's fused kernel. Layer 1 takes the one-hot as its input up to
-  KERNEL_ONE_HOT_LIMIT tokens; for larger vocabularies it runs as its layer's `sequence` on
-  gathered columns of i2h, and the kernel runs layers 2..n.
-- GRU (nn.GRU computes another candidate) and RNN on the CPU (where torch.rnn_tanh is no fused
-  kernel): each layer as its `sequence`, a hand-written autograd Function over the whole sequence.
-`step` is the sampler's one-character step.
+faster (tests/test_model.py compares outputs, state and gradients of every path); which path it
+takes depends on the cell, the device and the vocabulary size V:
+
+    cell  device     V <= KERNEL_ONE_HOT_LIMIT              V > KERNEL_ONE_HOT_LIMIT
+    lstm  CPU        kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
+    lstm  CUDA/MPS   kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
+    rnn   CPU        every layer as its `sequence`          every layer as its `sequence`
+    rnn   CUDA/MPS   kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
+    gru   CPU        every layer as its `sequence`          every layer as its `sequence`
+    gru   CUDA/MPS   every layer as its `sequence`          every layer as its `sequence`
+    sampling (`step`), every cell, device and V: each layer's `step`, one character at a time
+
+kernel: the cell's fused multi-layer PyTorch function (Layer.kernel: torch.lstm, torch.rnn_tanh),
+one call for the layers named. `sequence`: the layer's hand-written autograd Function over the
+whole sequence; layer 1's takes the gathered columns of i2h for its one-hot product. GRU has no
+kernel (nn.GRU computes another candidate), torch.rnn_tanh is no fused kernel on the CPU
+(Layer.kernel_on_cpu), and above KERNEL_ONE_HOT_LIMIT the one-hot product costs the kernel more
+than the gather costs the sequence.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.gru import GRULayer
-from model.lstm import LSTMLayer, kernel_order
+from model.layer import Layer, Layers, LayerState
+from model.lstm import LSTMLayer
 from model.rnn import RNNLayer
 
-LAYERS = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
+LAYERS: dict[str, type[Layer]] = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
 State = tuple[torch.Tensor, ...]  # for LSTM (h, c), else (h,); each (num_layers, batch, rnn_size)
 
 # The largest vocabulary whose one-hot goes into the fused kernel as layer 1's input; above it
 # layer 1 runs as its `sequence` on gathered columns of i2h (the kernel still runs layers 2..n).
-# Measured on the CPU (2 cores, torch 2.13, oneDNN; LSTM training steps, 2 layers, batch 50 x 50,
-# both paths timed in turns): the kernel was faster by 3-8% at vocabulary 65 (H 128, 256, 512) and
-# by 4% at 128 with H 512; the two were even at 128 with H 256, at 256 with H 128 and 512 and at
-# 384 with H 512; the sequence was faster at 192 and 256 with H 256 (5%, 9%), at 384 and 512 with
-# H 128 (24%, 40%) and at 768 with H 512 (11%). The kernel's cost grows with the one-hot product
-# (vocabulary x 4H for every character, forward and twice backward), the sequence's does not.
+# The kernel's cost grows with the one-hot product (vocabulary x 4H for every character, forward
+# and twice backward), the sequence's does not. Chosen from CPU timings of both paths (LSTM
+# training steps); the figures are in bench/README.md (Model paths).
 KERNEL_ONE_HOT_LIMIT = 128
 
 
@@ -41,8 +50,7 @@ class CharRNN(nn.Module):
         super().__init__()
         layer_class = LAYERS[model_type]
         self.model_type, self.vocab_size, self.rnn_size, self.num_layers = model_type, vocab_size, rnn_size, num_layers
-        self.layers = nn.ModuleList(
-            layer_class(vocab_size if n == 0 else rnn_size, rnn_size) for n in range(num_layers))
+        self.layers = Layers(layer_class(vocab_size if n == 0 else rnn_size, rnn_size) for n in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(rnn_size, vocab_size)
         self.use_kernel = layer_class.kernel is not None
@@ -81,15 +89,15 @@ class CharRNN(nn.Module):
         """One character per stream (sampling): tokens (batch,) -> logits (batch, vocab).
 
         forward_steps' arithmetic for one time step (layer 1's one-hot product as a gather), with
-        no time axis: at batch 1 a step costs about as much per PyTorch call as per product, and
-        this makes a quarter fewer calls than _run_layers on a one-step sequence."""
-        layer_input, new_state = None, []
+        no time axis: at batch 1 a step costs about as much per PyTorch call as per product, so it
+        makes as few calls as it can (no one-hot, no transposes, no dropout outside training)."""
+        layer_input, new_state = tokens, []
         for n, layer in enumerate(self.layers):
-            sums = self.embed(tokens) if n == 0 else layer.i2h(self._drop(layer_input))
+            sums = self.embed(layer_input) if n == 0 else layer.i2h(self._drop(layer_input))
             layer_state = layer.step(sums, tuple(part[n] for part in state))
             layer_input = layer_state[0]
             new_state.append(layer_state)
-        return self.decoder(self._drop(layer_input)), tuple(torch.stack(parts) for parts in zip(*new_state))
+        return self.decoder(self._drop(layer_input)), stack_layers(new_state)
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         """self.dropout, skipped outside training where it is the identity (one call less per layer)."""
@@ -108,43 +116,42 @@ class CharRNN(nn.Module):
                 layer_state = layer.step(layer.i2h(layer_input), tuple(part[n] for part in state))
                 layer_input = layer_state[0]
                 new_state.append(layer_state)
-            state = tuple(torch.stack(parts) for parts in zip(*new_state))
+            state = stack_layers(new_state)
             tops.append(layer_input)
         return self.decoder(self.dropout(torch.stack(tops, dim=1))), state
 
     def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x (time, batch) -> the top layer's h for every step (time, batch, H) and the final state.
-
-        Layer 1 goes into the fused kernel with one-hot input when the vocabulary is small; else it
-        runs as its layer's `sequence` on gathered columns of i2h. The other layers run in the kernel
-        where the cell has one, else each as its `sequence`."""
+        """x (time, batch) -> the top layer's h for every step (time, batch, H) and the final state,
+        by the path of the module docstring's table."""
         first = self.layers[0]
         use_kernel = self.use_kernel and (x.device.type != "cpu" or first.kernel_on_cpu)
         if use_kernel and self.vocab_size <= KERNEL_ONE_HOT_LIMIT:
             one_hot = x.new_zeros(*x.shape, self.vocab_size, dtype=self.decoder.weight.dtype)
             return self._kernel(one_hot.scatter_(2, x.unsqueeze(2), 1.0), state, 0)
         layer_input, layer_state = first.sequence(x, tuple(part[0] for part in state))
-        states = [layer_state]
         if self.num_layers > 1 and use_kernel:
             layer_input, kernel_state = self._kernel(self.dropout(layer_input), state, 1)
-            return layer_input, tuple(torch.cat([a.unsqueeze(0), b]) for a, b in zip(layer_state, kernel_state))
+            return layer_input, tuple(torch.cat([a.unsqueeze(0), b])
+                                      for a, b in zip(layer_state, kernel_state, strict=True))
+        states = [layer_state]
         for n in range(1, self.num_layers):
             layer_input, layer_state = self.layers[n].sequence(self.dropout(layer_input),
                                                                tuple(part[n] for part in state))
             states.append(layer_state)
-        return layer_input, tuple(torch.stack(parts) for parts in zip(*states))
-
-    def kernel_weights(self, first: int = 0) -> list[torch.Tensor]:
-        """The kernel's weights of layers first.., four per layer: for an LSTM permuted to the kernel's
-        gate order all in one autograd node (one call less per layer each way)."""
-        if self.model_type == "lstm":
-            return kernel_order([w for layer in self.layers[first:] for w in layer.char_rnn_weights()])
-        return [w for layer in self.layers[first:] for w in layer.kernel_weights()]
+        return layer_input, stack_layers(states)
 
     def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:
         """PyTorch's fused multi-layer kernel on layers first.., time-major."""
-        weights = self.kernel_weights(first)
+        cell = self.layers[0]  # all layers share the cell's kernel and kernel_weights
+        assert cell.kernel is not None, "_run takes the kernel path only for a cell that has a kernel"
+        layers = self.layers[first:]
         hidden = tuple(part[first:] for part in state)
-        result = self.layers[0].kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], weights, True,
-                                       self.num_layers - first, self.dropout.p, self.training, False, False)
+        result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
+                             has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
+                             bidirectional=False, batch_first=False)
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
+
+
+def stack_layers(layer_states: list[LayerState]) -> State:
+    """Each layer's state (parts (batch, H)) -> the model's state (parts (num_layers, batch, H))."""
+    return tuple(torch.stack(parts) for parts in zip(*layer_states, strict=True))

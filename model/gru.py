@@ -7,11 +7,13 @@
 Every W is a Linear with bias. The three products of x share one Linear (i2h, rows z, r, h~) and
 the two gate products of h another (h2h, rows z, r); h2h_candidate is W_h.
 """
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import apply_in_float32, gather_columns, last_step_gradient
+from model.layer import Layer, LayerState
+from model.sequence import apply_in_float32, last_step_gradient
 
 
 class GRUSequence(torch.autograd.Function):
@@ -26,7 +28,8 @@ class GRUSequence(torch.autograd.Function):
     T*B rows."""
 
     @staticmethod
-    def forward(ctx, pre, bias, w_zr, w_c, h0):
+    def forward(ctx: Any, pre: torch.Tensor, bias: torch.Tensor, w_zr: torch.Tensor, w_c: torch.Tensor,
+                h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T, B, G = pre.shape
         H = G // 3
         gates = torch.add(pre, bias, out=pre.new_empty(T, B, G))  # becomes z, r, h~
@@ -45,7 +48,7 @@ class GRUSequence(torch.autograd.Function):
         return hs[1:], hs[T]
 
     @staticmethod
-    def backward(ctx, d_out, d_hT):
+    def backward(ctx: Any, d_out: torch.Tensor | None, d_hT: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         w_zr, w_c, gates, hs, rh = ctx.saved_tensors
         T, B, G = gates.shape
         H = G // 3
@@ -80,23 +83,18 @@ class GRUSequence(torch.autograd.Function):
         return d_gates, d_bias, d_w_zr, d_w_c, dh
 
 
-class GRULayer(nn.Module):
+class GRULayer(Layer):
     state_names = ("h",)
     kernel = None  # nn.GRU's kernel computes a different candidate, so there is none to use
     kernel_on_cpu = False
 
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
+        super().__init__(input_size, hidden_size)
         self.i2h = nn.Linear(input_size, 3 * hidden_size)
         self.h2h = nn.Linear(hidden_size, 2 * hidden_size)
         self.h2h_candidate = nn.Linear(hidden_size, hidden_size)
 
-    def initialize(self) -> None:
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.08, 0.08)
-
-    def step(self, input_sums: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def step(self, input_sums: torch.Tensor, state: LayerState) -> LayerState:
         """One time step; input_sums is i2h(x), computed beforehand for all steps at once."""
         (h,) = state
         H = self.hidden_size
@@ -104,11 +102,10 @@ class GRULayer(nn.Module):
         candidate = torch.tanh(input_sums[:, 2 * H:] + self.h2h_candidate(r * h))
         return (z * candidate + (1 - z) * h,)
 
-    def sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+    def sequence(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
         (T, B, input_size) -> outputs (T, B, H) and the final (h,)."""
-        w = self.i2h.weight
-        pre = gather_columns(w, x) if x.dim() == 2 else F.linear(x, w)
+        pre = self.input_product(x)
         bias = self.i2h.bias + torch.cat([self.h2h.bias, self.h2h_candidate.bias])
         out, h = apply_in_float32(GRUSequence, pre, bias, self.h2h.weight, self.h2h_candidate.weight, *state)
         return out, (h,)

@@ -6,15 +6,17 @@
     h' = o * tanh(c')
 """
 import functools
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import apply_in_float32, gather_columns, last_step_gradient
+from model.layer import Layer, LayerState
+from model.sequence import apply_in_float32, last_step_gradient
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gate_swap(rows: int, device: torch.device) -> torch.Tensor:
     """Row indices that swap the last two gate blocks of a 4H-row tensor: i, f, o, g <-> i, f, g, o."""
     block = rows // 4
@@ -27,16 +29,17 @@ class KernelOrder(torch.autograd.Function):
     autograd node: one index_select of rows per tensor. The permutation is its own inverse, so the
     backward applies it to the gradients. (Built-in index_selects would cost a node each and a zero
     tensor plus a scatter-add each in the backward; copying all tensors into one buffer and handing
-    the kernel views of it measured 0.4 ms per 2 x 128 step slower than this.)"""
+    the kernel views of it was slower; the figures are in bench/README.md, Model paths.)"""
 
     @staticmethod
-    def forward(ctx, *tensors):
+    def forward(ctx: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.orders = [gate_swap(t.shape[0], t.device) for t in tensors]
-        return tuple(t.index_select(0, order) for t, order in zip(tensors, ctx.orders))
+        return tuple(t.index_select(0, order) for t, order in zip(tensors, ctx.orders, strict=True))
 
     @staticmethod
-    def backward(ctx, *grads):
-        return tuple(None if g is None else g.index_select(0, order) for g, order in zip(grads, ctx.orders))
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        return tuple(None if g is None else g.index_select(0, order)
+                     for g, order in zip(grads, ctx.orders, strict=True))
 
 
 def kernel_order(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -54,7 +57,8 @@ class LSTMSequence(torch.autograd.Function):
     computed for all steps at once, and the weight gradient is one product over all T*B rows."""
 
     @staticmethod
-    def forward(ctx, pre, bias, w_hh, h0, c0):
+    def forward(ctx: Any, pre: torch.Tensor, bias: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor,
+                c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, B, G = pre.shape
         H = G // 4
         gates = torch.add(pre, bias, out=pre.new_empty(T, B, G))  # becomes the activated gates
@@ -75,7 +79,8 @@ class LSTMSequence(torch.autograd.Function):
         return hs[1:], hs[T], cs[T]
 
     @staticmethod
-    def backward(ctx, d_out, d_hT, d_cT):
+    def backward(ctx: Any, d_out: torch.Tensor | None, d_hT: torch.Tensor | None,
+                 d_cT: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         w_hh, gates, hs, cs, tcs = ctx.saved_tensors
         T, B, G = gates.shape
         H = G // 4
@@ -111,24 +116,22 @@ class LSTMSequence(torch.autograd.Function):
         return d_gates, d_bias, d_w, dh, dc
 
 
-class LSTMLayer(nn.Module):
+class LSTMLayer(Layer):
     state_names = ("h", "c")
     kernel = staticmethod(torch.lstm)  # PyTorch's fused LSTM (oneDNN on CPU, cuDNN on CUDA)
     kernel_on_cpu = True
 
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
+        super().__init__(input_size, hidden_size)
         self.i2h = nn.Linear(input_size, 4 * hidden_size)
         self.h2h = nn.Linear(hidden_size, 4 * hidden_size)
 
     def initialize(self) -> None:
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.08, 0.08)
+        super().initialize()
         with torch.no_grad():  # remember more at the start of training, as char-rnn does
             self.i2h.bias[self.hidden_size:2 * self.hidden_size] = 1.0
 
-    def step(self, input_gates: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def step(self, input_gates: torch.Tensor, state: LayerState) -> LayerState:
         """One time step; input_gates is i2h(x), computed beforehand for all steps at once."""
         h, c = state
         H = self.hidden_size
@@ -139,13 +142,15 @@ class LSTMLayer(nn.Module):
         h = o * torch.tanh(c)
         return h, c
 
-    def char_rnn_weights(self) -> list[torch.Tensor]:
-        """The kernel's four tensors (weight_ih, weight_hh, bias_ih, bias_hh) in char-rnn's gate order."""
-        return [self.i2h.weight, self.h2h.weight, self.i2h.bias, self.h2h.bias]
+    @classmethod
+    def kernel_weights(cls, layers: Iterable[Layer]) -> list[torch.Tensor]:
+        """Permuted from char-rnn's gate order to the kernel's, all layers in one autograd node (one
+        call less per layer each way)."""
+        return kernel_order(super().kernel_weights(layers))
 
-    def sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+    def sequence(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
         (T, B, input_size) -> outputs (T, B, H) and the final (h, c)."""
-        pre = gather_columns(self.i2h.weight, x) if x.dim() == 2 else F.linear(x, self.i2h.weight)
+        pre = self.input_product(x)
         out, h, c = apply_in_float32(LSTMSequence, pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
         return out, (h, c)

@@ -1,9 +1,11 @@
 """char-rnn's vanilla RNN layer: h' = tanh(i2h(x) + h2h(h))."""
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model.sequence import apply_in_float32, gather_columns, last_step_gradient
+from model.layer import Layer, LayerState
+from model.sequence import apply_in_float32, last_step_gradient
 
 
 class RNNSequence(torch.autograd.Function):
@@ -12,7 +14,8 @@ class RNNSequence(torch.autograd.Function):
     outputs h_1..h_T (T, B, H) and the final h. Two calls per step each way."""
 
     @staticmethod
-    def forward(ctx, pre, bias, w_hh, h0):
+    def forward(ctx: Any, pre: torch.Tensor, bias: torch.Tensor, w_hh: torch.Tensor,
+                h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T, B, H = pre.shape
         hs = pre.new_empty(T + 1, B, H)
         hs[0] = h0
@@ -26,7 +29,7 @@ class RNNSequence(torch.autograd.Function):
         return hs[1:], hs[T]
 
     @staticmethod
-    def backward(ctx, d_out, d_hT):
+    def backward(ctx: Any, d_out: torch.Tensor | None, d_hT: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         w_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         d_pre = torch.mul(hs[1:], hs[1:]).neg_().add_(1)  # tanh's derivative, then in place d_pre
@@ -45,36 +48,27 @@ class RNNSequence(torch.autograd.Function):
         return d_pre, d_bias, d_w, dh
 
 
-class RNNLayer(nn.Module):
+class RNNLayer(Layer):
     state_names = ("h",)
     kernel = staticmethod(torch.rnn_tanh)  # PyTorch's fused tanh RNN, the same equation
     # On the CPU torch.rnn_tanh is no fused kernel (oneDNN serves only the LSTM): it steps through
-    # time recording autograd nodes. RNNSequence trains 2 x 128 about 1.35x faster there
-    # (bench/train_speed.py), so the kernel is used on GPUs only.
+    # time recording autograd nodes, and RNNSequence trains faster there, so the kernel is used on
+    # GPUs only. Measured with bench/train_speed.py; figures in bench/README.md (Model paths).
     kernel_on_cpu = False
 
     def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
+        super().__init__(input_size, hidden_size)
         self.i2h = nn.Linear(input_size, hidden_size)
         self.h2h = nn.Linear(hidden_size, hidden_size)
 
-    def initialize(self) -> None:
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.08, 0.08)
-
-    def step(self, input_sum: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def step(self, input_sum: torch.Tensor, state: LayerState) -> LayerState:
         """One time step; input_sum is i2h(x), computed beforehand for all steps at once."""
         (h,) = state
         return (torch.tanh(input_sum + self.h2h(h)),)
 
-    def kernel_weights(self) -> list[torch.Tensor]:
-        return [self.i2h.weight, self.h2h.weight, self.i2h.bias, self.h2h.bias]
-
-    def sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+    def sequence(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or
         (T, B, input_size) -> outputs (T, B, H) and the final (h,)."""
-        w = self.i2h.weight
-        pre = gather_columns(w, x) if x.dim() == 2 else F.linear(x, w)
+        pre = self.input_product(x)
         out, h = apply_in_float32(RNNSequence, pre, self.i2h.bias + self.h2h.bias, self.h2h.weight, *state)
         return out, (h,)

@@ -1,8 +1,10 @@
 """Pieces shared by the hand-written sequence Functions of the cell files."""
+from typing import Any
+
 import torch
 
 
-def apply_in_float32(function: type[torch.autograd.Function], *inputs: torch.Tensor):
+def apply_in_float32(function: type[torch.autograd.Function], *inputs: torch.Tensor) -> Any:
     """function.apply on float32 inputs with autocast off. Under bfloat16 autocast (-precision bf16)
     a layer's batched input product may arrive in bfloat16; the hand-written per-step recurrence,
     whose in-place updates need one dtype, stays float32."""
@@ -13,7 +15,8 @@ def apply_in_float32(function: type[torch.autograd.Function], *inputs: torch.Ten
         return function.apply(*(t.float() for t in inputs))
 
 
-def last_step_gradient(d_out, d_hT, hs: torch.Tensor) -> tuple:
+def last_step_gradient(d_out: torch.Tensor | None, d_hT: torch.Tensor | None,
+                       hs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
     """For a sequence Function's backward: the per-step output gradients (or None) and the gradient
     reaching the last step's h, from the final state and the last output; hs is (T + 1, B, H)."""
     d_out_t = d_out.unbind(0) if d_out is not None else None
@@ -30,14 +33,14 @@ class GatherColumns(torch.autograd.Function):
     F.embedding's backward would go through more steps); the gradient is a scatter-add of rows."""
 
     @staticmethod
-    def forward(ctx, weight, tokens):
+    def forward(ctx: Any, weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(tokens)
         ctx.vocab_size = weight.shape[1]
         T, B = tokens.shape
         return weight.index_select(1, tokens.reshape(-1)).t().view(T, B, weight.shape[0])
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         (tokens,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None

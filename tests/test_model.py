@@ -1,4 +1,4 @@
-"""model/: parameter counts, initialisation, the cell equations of SPEC §3, and the fast paths
+"""model/: parameter counts, initialisation, the cell equations of docs/behaviour.md §3, and the fast paths
 (fused kernels, gathers) against the plain per-step graph `CharRNN.forward_steps`."""
 
 import pytest
@@ -85,14 +85,14 @@ def test_initialisation_uniform_and_lstm_forget_bias(cell):
     assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
 
 
-# ---- one step against the equations of SPEC §3 ----------------------------------------------------
+# ---- one step against the equations of docs/behaviour.md §3 ----------------------------------------------------
 
 def linear(layer, x):
     return x @ layer.weight.detach().double().t() + layer.bias.detach().double()
 
 
 def hand_step(model, token_ids, state):
-    """One time step of the model written out from SPEC §3, in float64."""
+    """One time step of the model written out from docs/behaviour.md §3, in float64."""
     H = model.rnn_size
     x = F.one_hot(token_ids, model.vocab_size).double()
     state = [part.double() for part in state]
@@ -139,7 +139,7 @@ def test_one_step_equals_hand_computation(cell, num_layers):
             logp = torch.log_softmax(logits.reshape(4, 7), dim=1)
             close(logp.double(), expected_logp, name)
             assert len(new_state) == len(expected_state)
-            for got, want in zip(new_state, expected_state):
+            for got, want in zip(new_state, expected_state, strict=True):
                 close(got.double(), want, name)
     # the hand computation is sensitive: a state ignored or a gate order swapped would show
     assert (expected_state[0][0] - state[0][0]).abs().max() > 0.05
@@ -174,9 +174,9 @@ class KernelSpy:
     def __init__(self, kernel):
         self.kernel, self.calls = kernel, []
 
-    def __call__(self, *args):
-        self.calls.append((args[0].shape[-1], args[4]))
-        return self.kernel(*args)
+    def __call__(self, *args, **options):
+        self.calls.append((args[0].shape[-1], options["num_layers"]))
+        return self.kernel(*args, **options)
 
 
 def run_and_grad(model, run, x, state, seed=3):
@@ -231,7 +231,7 @@ def test_fast_path_equals_per_step_graph(cell, kernel_on_cpu, vocab, num_layers,
     assert logits.shape == (B, T, V)
     close(logits, ref_logits)
     assert len(final) == len(ref_final) == (2 if cell == "lstm" else 1)
-    for got, want in zip(final, ref_final):
+    for got, want in zip(final, ref_final, strict=True):
         assert got.shape == (num_layers, B, H)
         close(got, want)
     assert grads.keys() == ref_grads.keys() == {n for n, _ in model.named_parameters()}
@@ -268,7 +268,7 @@ def test_bfloat16_autocast_follows_the_float32_numbers(cell, kernel_on_cpu, voca
     assert all(grad.dtype == torch.float32 for grad in grads.values())
     assert not torch.equal(logits, ref_logits)  # bfloat16 did run
     close(logits, ref_logits, "logits", rtol=0.05, atol=0.05)
-    for got, want in zip(final, ref_final):
+    for got, want in zip(final, ref_final, strict=True):
         close(got, want, "state", rtol=0.05, atol=0.05)
     for name in grads:
         scale = ref_grads[name].abs().max().item()
@@ -339,7 +339,7 @@ def test_kernel_weights_follow_the_parameters():
             logits, final = model(x, state)
             ref_logits, ref_final = model.forward_steps(x, state)
         close(logits, ref_logits)
-        for got, want in zip(final, ref_final):
+        for got, want in zip(final, ref_final, strict=True):
             close(got, want)
 
     check()
@@ -355,7 +355,7 @@ def test_kernel_weights_follow_the_parameters():
 
 
 def test_gather_columns_is_the_one_hot_product():
-    from model.rnn import gather_columns
+    from model.sequence import gather_columns
     generator = torch.Generator().manual_seed(0)
     weight = torch.rand(6, 9, generator=generator, dtype=torch.float64, requires_grad=True)
     x = tokens(9, 3, 4)
@@ -383,7 +383,7 @@ def test_step_equals_forward_on_one_character(cell, vocab):
     assert logits.shape == (B, V)
     close(logits, ref_logits[:, 0])
     close(logits, steps_logits[:, 0])
-    for got, want in zip(new_state, ref_state):
+    for got, want in zip(new_state, ref_state, strict=True):
         close(got, want)
 
 
@@ -401,7 +401,7 @@ def test_fast_path_carries_state_across_calls(cell, vocab):
         first, mid_state = model(x[:, :2], state)
         second, end_state = model(x[:, 2:], mid_state)
     close(torch.cat([first, second], dim=1), whole)
-    for got, want in zip(end_state, whole_state):
+    for got, want in zip(end_state, whole_state, strict=True):
         close(got, want)
 
 
@@ -417,7 +417,7 @@ def test_dropout_active_in_train_mode_only(cell, num_layers):
     state = random_state(dropped, B)
     with torch.no_grad():
         a, a_state = dropped(x, state)
-        b, b_state = dropped(x, state)
+        b, _ = dropped(x, state)
         assert not torch.allclose(a, b), "dropout 0.5 in train mode must make two calls differ"
         c, _ = plain(x, state)
         d, _ = plain(x, state)
@@ -426,7 +426,7 @@ def test_dropout_active_in_train_mode_only(cell, num_layers):
         e, e_state = dropped.eval()(x, state)
         close(e, c)
         # never on the recurrent state: layer 1's input is not dropped, so its state is untouched
-        for part, eval_part in zip(a_state, e_state):
+        for part, eval_part in zip(a_state, e_state, strict=True):
             close(part[0], eval_part[0])
         if num_layers > 1:  # the input of layer 2 is dropped
             assert not torch.allclose(a_state[0][1], e_state[0][1])
