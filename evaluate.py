@@ -21,15 +21,14 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train import evaluate_split
 from model import CharRNN
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
 from util.corpus import DecodeError, preprocess
@@ -37,6 +36,7 @@ from util.data import SPLITS, BatchLoader, char_rnn_splits, id_storage, load_dat
 from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device
 from util.errors import UserError, diagnostic, run_main
 from util.options import Option, lua_number, parse_options
+from util.training import evaluate_split
 from util.vocab import BYTES, Vocab
 
 OPTIONS = [
@@ -53,10 +53,10 @@ OPTIONS = [
 ]
 FALLBACKS = {"batch_size": 50, "seq_length": 50, "train_frac": 0.95, "val_frac": 0.05}
 DATA_DIR_ONLY = ("split", "batch_size", "seq_length", "train_frac", "val_frac")
-# -input's chunk length. One stream runs step by step whatever the chunk, but each model call has a
-# fixed cost: on the stock 2 x 128 LSTM (147,060 characters, one CPU thread) chunks of 50 took 3.2 s,
-# of 200 1.6 s, of 1000 1.1 s, of 4000 1.1 s, all with the same loss. The logits of a chunk
-# (chunk x vocabulary floats) stay small even for large vocabularies.
+# -input's chunk length: it changes only the speed, never the loss. Each model call has a fixed
+# cost, so chunks are long enough that it no longer shows (longer ones were no faster), while a
+# chunk's logits (chunk x vocabulary floats) stay small even for large vocabularies. Timed with
+# evaluate.py -input on a real char-rnn checkpoint; figures and command in bench/README.md.
 INPUT_CHUNK = 1000
 
 
@@ -101,7 +101,7 @@ def resolve_options(opt: SimpleNamespace, saved: dict) -> None:
                             f"not {lua_number(value)}")
         if value == 0:
             value = saved.get(name, fallback)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 value = fallback
             setattr(opt, name, int(value) if isinstance(fallback, int) else float(value))
     if opt.train_frac + opt.val_frac > 1 + 1e-12:
@@ -154,7 +154,7 @@ def data_dir_ids(data_dir: str, vocab: Vocab, path: str, log) -> tuple[np.ndarra
 
 def evaluate_data_dir(model: CharRNN, vocab: Vocab, opt: SimpleNamespace, device: torch.device,
                       log: Callable[[str], None]) -> Result:
-    """char-rnn's eval_split on the chosen split of DIR/input.txt (via train.evaluate_split)."""
+    """char-rnn's eval_split on the chosen split of DIR/input.txt (util.training.evaluate_split)."""
     ids, text = data_dir_ids(opt.data_dir, vocab, opt.checkpoint, log)
     batch_size, seq_length = opt.batch_size, opt.seq_length
     splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)

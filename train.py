@@ -1,28 +1,58 @@
 """Train a character-level language model, as char-rnn's train.lua does.
 
     python train.py -rnn_size 256 -num_layers 2 -gpuid 0
+
+main() reads the options (and the checkpoint of -resume), set_up() builds the run: device, data,
+model, optimizer; starting_point() restores a resumed run's progress; Trainer runs the iterations:
+the step, the progress line, the learning-rate decay, validation, checkpoints and the stop request.
 """
-import csv
 import math
 import os
-import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from model import LAYERS, CharRNN, State
-from util.checkpoint import (FORMAT, checkpoint_path, checkpoint_vocab, load_checkpoint, log_path,
-                             model_from_checkpoint, save_checkpoint)
-from util.data import BatchLoader, data_source, load_training_data
-from util.device import (GPU_OPTIONS, PRECISION_OPTION, THREADS_OPTION, autocast, check_precision, configure_cpu,
-                         manual_seed, select_device, synchronize)
 from util import distributed
+from util.checkpoint import (
+    build_checkpoint,
+    checkpoint_path,
+    checkpoint_vocab,
+    load_checkpoint,
+    log_path,
+    model_from_checkpoint,
+    require_training_state,
+    restore_training,
+    run_facts,
+    save_checkpoint,
+    training_state,
+)
+from util.data import BatchLoader, data_source, load_training_data
+from util.device import (
+    GPU_OPTIONS,
+    PRECISION_OPTION,
+    THREADS_OPTION,
+    check_precision,
+    configure_cpu,
+    manual_seed,
+    select_device,
+    synchronize,
+)
 from util.errors import UserError, run_main
 from util.options import Option, Parsed, lua_number, parse_options
+from util.training import (
+    Progress,
+    StopRequest,
+    TrainingLog,
+    evaluate_split,
+    forward_backward,
+    grad_param_norm_ratio,
+    rmsprop,
+)
 from util.vocab import BYTES, Vocab
 
 OPTIONS = [
@@ -62,6 +92,7 @@ FIXED_ON_RESUME = {**dict.fromkeys(SHAPE_OPTIONS + DATA_OPTIONS, "the same model
                    "seed": "from the random-number state saved in it"}
 
 
+
 def check_options(opt: SimpleNamespace) -> None:
     if opt.model not in LAYERS:
         raise UserError(f"-model must be lstm, gru or rnn, not '{opt.model}'")
@@ -80,84 +111,25 @@ def check_options(opt: SimpleNamespace) -> None:
 
 
 def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
-    """The checkpoint's options, overridden by those given now; shape and data may not change."""
-    opt = parsed.values
-    saved = checkpoint["opt"]
+    """The checkpoint's options, overridden by those given now; shape and data may not change (the
+    shape is the model's, which -init_from may have taken from another checkpoint)."""
+    opt, saved = parsed.values, checkpoint["opt"]
+    shape = checkpoint["model"]
+    fixed = {**saved, "model": shape["model_type"], "rnn_size": shape["rnn_size"],
+             "num_layers": shape["num_layers"]}
     for name, continued in FIXED_ON_RESUME.items():
-        if name in parsed.given and getattr(opt, name) != saved.get(name):
+        if name in parsed.given and getattr(opt, name) != fixed.get(name):
             raise UserError(f"-{name} {lua_number(getattr(opt, name))} conflicts with the checkpoint's "
-                            f"{lua_number(saved.get(name))}; -resume continues {continued}")
-    for name, value in saved.items():
-        if name not in parsed.given and name not in ("resume", "init_from"):
-            setattr(opt, name, value)
+                            f"{lua_number(fixed.get(name))}; -resume continues {continued}")
+    for name in vars(opt):
+        if name not in parsed.given and name not in ("resume", "init_from") and name in saved:
+            setattr(opt, name, saved[name])
     return opt
 
 
-def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: float) -> torch.optim.RMSprop:
-    """char-rnn's optim.rmsprop: PyTorch's RMSprop with decay_rate as alpha and char-rnn's epsilon."""
-    return torch.optim.RMSprop(params, lr=learning_rate, alpha=decay_rate, eps=1e-8)
-
-
-def forward_backward(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: State,
-                     grad_clip: float, precision: str = "fp32") -> tuple[torch.Tensor, State]:
-    """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
-    returns the loss and the state to carry into the next batch, cut from this batch's graph."""
-    with autocast(x.device, precision):
-        logits, state = model(x, state)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-    model.zero_grad(set_to_none=True)
-    (loss * x.shape[1]).backward()
-    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-    return loss.detach(), tuple(part.detach() for part in state)
-
-
-def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device,
-                   precision: str = "fp32") -> float:
-    """Mean loss over a whole split, from a zero state carried across its batches."""
-    was_training = model.training
-    model.eval()
-    state = model.zero_state(loader.batch_size)
-    total = 0.0
-    with torch.no_grad():
-        for k in range(loader.n_batches(split)):
-            x, y = (t.to(device) for t in loader.batch(split, k))
-            with autocast(device, precision):
-                logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, model.vocab_size).float(), y.reshape(-1)).item()
-    model.train(was_training)
-    return total / loader.n_batches(split)
-
-
-def to_cpu(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_cpu(v) for v in value]
-    return value
-
-
-class StopRequest:
-    """Ctrl-C or SIGTERM: finish the step, save, exit. A second signal exits at once (checkpoints
-    are renamed into place whole, so nothing on disk is half-written)."""
-
-    def __init__(self):
-        self.signal_number = 0
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, self._handle)
-
-    def _handle(self, number, _frame):
-        if self.signal_number:
-            os._exit(128 + number)
-        self.signal_number = number
-        print(f"\n{signal.Signals(number).name} received: saving a checkpoint after this step "
-              f"(send it again to quit at once)", flush=True)
-
-
-def starting_model(opt, vocab: Vocab, start: dict | None, say: Callable[[str], None]) -> CharRNN:
-    """A fresh model, or the weights and shape of the -init_from / -resume checkpoint `start` (its
-    shape wins, as in char-rnn; learned forget biases are kept)."""
+def starting_model(opt: SimpleNamespace, vocab: Vocab, start: dict | None, say: Callable[..., None]) -> CharRNN:
+    """A fresh model of the options' shape, or the weights and shape of the -init_from / -resume
+    checkpoint `start` (its shape wins, as in char-rnn; learned forget biases are kept)."""
     if start is None:
         model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
         model.initialize()
@@ -167,7 +139,6 @@ def starting_model(opt, vocab: Vocab, start: dict | None, say: Callable[[str], N
         raise UserError(f"the vocabulary of {path} ({len(start['vocab']['tokens'])} tokens) differs "
                         f"from the data's ({len(vocab)} tokens)")
     model = model_from_checkpoint(start, path, dropout=opt.dropout)
-    opt.model, opt.rnn_size, opt.num_layers = model.model_type, model.rnn_size, model.num_layers
     say(f"loaded the model from {path}: {model.model_type}, {model.num_layers} x {model.rnn_size}")
     return model
 
@@ -175,180 +146,215 @@ def starting_model(opt, vocab: Vocab, start: dict | None, say: Callable[[str], N
 def main(argv: list[str]) -> int:
     parsed = parse_options(argv, "train.py", "Train a character-level language model.", OPTIONS)
     resume = load_checkpoint(parsed.values.resume) if parsed.values.resume else None
-    if resume is not None and "resume" not in resume:
-        raise UserError(f"{parsed.values.resume} holds weights only (no training state); use -init_from")
+    if resume is not None:
+        require_training_state(resume, parsed.values.resume)
     opt = resumed_options(parsed, resume) if resume else parsed.values
     check_options(opt)
     configure_cpu(opt.threads)
     ranks = distributed.start(use_cuda=opt.gpuid >= 0 and torch.cuda.is_available())
-    status = train(opt, parsed.given, resume, ranks)
+    run = set_up(opt, parsed.given, resume, ranks)
+    status = Trainer(run, *starting_point(run, resume, parsed.given)).train()
     distributed.finish(ranks)
     return status
 
 
-def train(opt, given: set[str], resume: dict | None, ranks: distributed.Ranks) -> int:
-    say = print if ranks.is_main else (lambda *_, **__: None)
+# ---- setting up a run ------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What a training run works with, fixed once it is set up."""
+    opt: SimpleNamespace  # the options as given (over the resumed checkpoint's)
+    ranks: distributed.Ranks
+    device: torch.device
+    data_source: str  # "h5" or "data_dir": which data the run reads
+    vocab: Vocab
+    loader: BatchLoader
+    model: CharRNN
+    network: torch.nn.Module  # the model, or the DistributedDataParallel wrapping it
+    optimizer: torch.optim.Optimizer
+    rows: slice  # this process's streams of each batch
+    iterations: int
+    say: Callable[..., None]  # print on the main process, nothing elsewhere
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return self.loader.n_batches("train")
+
+
+def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: distributed.Ranks) -> Run:
+    """Device, data, model and optimizer of a new or resumed run, described as char-rnn does."""
+    say: Callable[..., None] = print if ranks.is_main else (lambda *_, **__: None)
     manual_seed(opt.seed)
     device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
     check_precision(opt.precision, device, say)
-    opt.data_source = resume["opt"]["data_source"] if resume else data_source(opt, given)
+    source = run_facts(resume)["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
     byte_level = start is not None and checkpoint_vocab(start).is_bytes  # e.g. a char-rnn .t7 model
-    vocab, loader = load_training_data(opt, opt.data_source, say, BYTES if byte_level else None)
+    vocab, loader = load_training_data(opt, source, say, BYTES if byte_level else None)
     rows = ranks.rows(opt.batch_size)
     model = starting_model(opt, vocab, start, say).to(device)
     network = DistributedDataParallel(model) if ranks.active else model
-    params = list(model.parameters())
-
-    ntrain = loader.n_batches("train")
-    say(f"vocab size: {len(vocab)}")
-    say(f"batches: train {ntrain}, val {loader.n_batches('val')}, test {loader.n_batches('test')}")
-    if ntrain < 50:
-        say("warning: fewer than 50 training batches; consider a smaller -batch_size or -seq_length")
-    say(f"number of parameters in the model: {sum(p.numel() for p in params)}")
-    if ranks.active:
-        say(f"data parallel: {ranks.world_size} processes, {rows.stop - rows.start} streams each")
-
-    optimizer = rmsprop(params, opt.learning_rate, opt.decay_rate)
-    iterations = int(opt.max_epochs * ntrain)
-    if iterations == 0:
+    optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
+    run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,
+              int(opt.max_epochs * loader.n_batches("train")), say)
+    describe(run)
+    if run.iterations == 0:
         raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
-                        f"{ntrain} per epoch")
-    state = tuple(part[:, rows] for part in model.zero_state(opt.batch_size))
-    train_losses, val_losses = [], []
-    first_iteration, loss0, seconds, last_saved = 1, None, 0.0, None
-    if resume:
-        saved = resume["resume"]
-        optimizer.load_state_dict(saved["optimizer"])
-        for group in optimizer.param_groups:  # load_state_dict brought back the saved hyperparameters
-            group["lr"] = opt.learning_rate if "learning_rate" in given else saved["learning_rate"]
-            group["alpha"] = opt.decay_rate
-        loader.position["train"] = saved["loader_position"]
-        state = tuple(part[:, rows].to(device) for part in saved["hidden"])
-        torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"])
-        train_losses, val_losses = list(resume["train_losses"]), [list(v) for v in resume["val_losses"]]
-        first_iteration, loss0, seconds = resume["iteration"] + 1, saved["loss0"], saved["seconds"]
+                        f"{run.iterations_per_epoch} per epoch")
+    return run
+
+
+def describe(run: Run) -> None:
+    loader, say = run.loader, run.say
+    say(f"vocab size: {len(run.vocab)}")
+    say(f"batches: train {loader.n_batches('train')}, val {loader.n_batches('val')}, "
+        f"test {loader.n_batches('test')}")
+    if loader.n_batches("train") < 50:
+        say("warning: fewer than 50 training batches; consider a smaller -batch_size or -seq_length")
+    say(f"number of parameters in the model: {sum(p.numel() for p in run.model.parameters())}")
+    if run.ranks.active:
+        say(f"data parallel: {run.ranks.world_size} processes, {run.rows.stop - run.rows.start} streams each")
+
+
+def starting_point(run: Run, resume: dict | None, given: set[str]) -> tuple[Progress, State, str | None]:
+    """The progress, this process's carried state and the last checkpoint a run starts from: none
+    for a new run, the checkpoint's for -resume."""
+    opt = run.opt
+    if resume is None:
+        progress, hidden, last_saved = Progress(), run.model.zero_state(opt.batch_size), None
+    else:
+        learning_rate = opt.learning_rate if "learning_rate" in given else None
+        progress, hidden = restore_training(resume, run.optimizer, run.loader, run.device, learning_rate,
+                                            opt.decay_rate)
         last_saved = opt.resume
-        say(f"resuming at iteration {first_iteration} of {iterations}")
-    if ranks.active:  # each process draws its own dropout masks
-        torch.manual_seed((opt.seed + 1_000_003 * ranks.rank + first_iteration) % 2 ** 63)
+        run.say(f"resuming at iteration {progress.iteration + 1} of {run.iterations}")
+    if run.ranks.active:  # each process draws its own dropout masks
+        torch.manual_seed((opt.seed + 1_000_003 * run.ranks.rank + progress.iteration + 1) % 2 ** 63)
+    # contiguous: the fused kernels take no strided state
+    return progress, tuple(part[:, run.rows].contiguous() for part in hidden), last_saved
 
-    if ranks.is_main:
-        try:
-            os.makedirs(opt.checkpoint_dir, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create -checkpoint_dir {opt.checkpoint_dir}: {error.strerror}") from None
-        log = TrainingLog(log_path(opt.checkpoint_dir, opt.savefile), keep_until=first_iteration - 1)
 
-    def save(iteration: int, val_loss: float | None) -> str:
+def training_log(run: Run, progress: Progress) -> TrainingLog | None:
+    """The main process's CSV log in -checkpoint_dir (created if missing); None elsewhere."""
+    if not run.ranks.is_main:
+        return None
+    try:
+        os.makedirs(run.opt.checkpoint_dir, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create -checkpoint_dir {run.opt.checkpoint_dir}: {error.strerror}") from None
+    return TrainingLog(log_path(run.opt.checkpoint_dir, run.opt.savefile), keep_until=progress.iteration)
+
+
+# ---- the iterations --------------------------------------------------------------------------------
+
+class Trainer:
+    """char-rnn's loop over a Run: each iteration a step, the progress line, the learning-rate
+    decay, and at every -eval_val_every (and each epoch's end, and the last) validation and a
+    checkpoint; a stop request saves and ends the run."""
+
+    def __init__(self, run: Run, progress: Progress, hidden: State, last_saved: str | None):
+        self.run, self.progress, self.hidden, self.last_saved = run, progress, hidden, last_saved
+        self.log = training_log(run, progress)
+
+    def train(self) -> int:
+        run, progress = self.run, self.progress
+        stop = StopRequest()
+        run.model.train()
+        for i in range(progress.iteration + 1, run.iterations + 1):
+            problem = self.step(i)
+            if problem:
+                return self.abort(problem)
+            self.decay_learning_rate(i)
+            val_loss = self.validate_and_save(i) if self.checkpoint_due(i) else None
+            if self.log is not None:
+                self.log.append(i, i / run.iterations_per_epoch, progress.train_losses[-1], val_loss,
+                                run.optimizer.param_groups[0]["lr"], progress.seconds)
+            signal_number = run.ranks.any_signal(stop.signal_number)
+            if signal_number:
+                self.save_on_stop(i)
+                return 128 + signal_number
+        return 0
+
+    def step(self, i: int) -> str | None:
+        """Iteration i's batch, checks and update; returns why the run must stop, if it must."""
+        run, opt, progress = self.run, self.run.opt, self.progress
+        started = time.perf_counter()
+        x, y = (t[run.rows].to(run.device) for t in run.loader.next_batch("train"))
+        loss, self.hidden = forward_backward(run.network, x, y, self.hidden, opt.grad_clip, opt.precision)
+        train_loss = run.ranks.mean(loss)
+        if train_loss != train_loss:
+            return f"loss is NaN at iteration {i}: stopping before the weights are updated."
+        progress.loss0 = train_loss if progress.loss0 is None else progress.loss0
+        if train_loss > progress.loss0 * 3:
+            return "loss is exploding, aborting."
+        printing = i % opt.print_every == 0
+        norm_ratio = grad_param_norm_ratio(list(run.model.parameters())) if printing else 0.0
+        run.optimizer.step()
+        if opt.accurate_gpu_timing:
+            synchronize(run.device)
+        elapsed = time.perf_counter() - started
+        progress.iteration, progress.seconds = i, progress.seconds + elapsed
+        progress.train_losses.append(train_loss)
+        if printing:
+            run.say(f"{i}/{run.iterations} (epoch {i / run.iterations_per_epoch:.3f}), train_loss = "
+                    f"{train_loss:6.8f}, grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s",
+                    flush=True)
+        return None
+
+    def decay_learning_rate(self, i: int) -> None:
+        """char-rnn's decay: at each epoch's end from -learning_rate_decay_after on."""
+        opt, optimizer, epoch = self.run.opt, self.run.optimizer, i / self.run.iterations_per_epoch
+        if i % self.run.iterations_per_epoch or opt.learning_rate_decay >= 1 or epoch < opt.learning_rate_decay_after:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] *= opt.learning_rate_decay
+        self.run.say(f"decayed learning rate by a factor {lua_number(opt.learning_rate_decay)} "
+                     f"to {lua_number(optimizer.param_groups[0]['lr'])}")
+
+    def checkpoint_due(self, i: int) -> bool:
+        return i % self.run.opt.eval_val_every == 0 or i % self.run.iterations_per_epoch == 0 or \
+            i == self.run.iterations
+
+    def validate_and_save(self, i: int) -> float | None:
+        """The validation loss (on the main process, when there is a val split) and a checkpoint."""
+        run, val_loss = self.run, None
+        if run.ranks.is_main and run.loader.n_batches("val"):
+            val_loss = evaluate_split(run.model, run.loader, "val", run.device, run.opt.precision)
+            self.progress.val_losses.append([i, val_loss])
+            run.say(f"validation loss at epoch {i / run.iterations_per_epoch:.2f}: {val_loss:.4f}")
+        self.last_saved = self.save(val_loss)
+        run.say(f"saved checkpoint {self.last_saved}", flush=True)
+        return val_loss
+
+    def save(self, val_loss: float | None) -> str:
         """Every process takes part (the carried state is gathered); the main one writes."""
-        if not all(torch.isfinite(p).all() for p in params):
-            raise UserError(f"the weights became NaN or infinite at iteration {iteration} (is -learning_rate "
-                            f"too high?); not saving them. The last good checkpoint is {last_saved or 'none'}")
-        hidden = ranks.gather_rows(state)
-        path = checkpoint_path(opt.checkpoint_dir, opt.savefile, iteration, ntrain)
-        if ranks.is_main:
-            save_checkpoint(path, {
-                "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),
-                "vocab": {"tokens": vocab.tokens, "encoding": vocab.encoding}, "opt": dict(vars(opt)),
-                "iteration": iteration, "epoch": iteration / ntrain, "train_losses": train_losses,
-                "val_losses": val_losses, "val_loss": val_loss,
-                "resume": {"optimizer": to_cpu(optimizer.state_dict()),
-                           "learning_rate": optimizer.param_groups[0]["lr"],
-                           "loader_position": loader.position["train"], "hidden": to_cpu(hidden),
-                           "rng": torch.get_rng_state(),
-                           "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                           "loss0": loss0, "seconds": seconds},
-            })
+        run, progress = self.run, self.progress
+        if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+            raise UserError(f"the weights became NaN or infinite at iteration {progress.iteration} (is "
+                            f"-learning_rate too high?); not saving them. The last good checkpoint is "
+                            f"{self.last_saved or 'none'}")
+        hidden = run.ranks.gather_rows(self.hidden)
+        path = checkpoint_path(run.opt.checkpoint_dir, run.opt.savefile, progress.iteration,
+                               run.iterations_per_epoch)
+        if run.ranks.is_main:
+            training = training_state(run.optimizer, run.loader.position["train"], hidden, run.device, progress)
+            save_checkpoint(path, build_checkpoint(run.model, run.vocab, vars(run.opt),
+                                                   {"data_source": run.data_source}, progress,
+                                                   run.iterations_per_epoch, val_loss, training))
         return path
 
-    def abort(message: str) -> int:
-        say(message)
-        say(f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet")
+    def save_on_stop(self, i: int) -> None:
+        run = self.run
+        if self.last_saved != checkpoint_path(run.opt.checkpoint_dir, run.opt.savefile, i, run.iterations_per_epoch):
+            self.last_saved = self.save(None)
+        run.say(f"stopped at iteration {i}; checkpoint {self.last_saved}; continue with: "
+                f"python train.py -resume {self.last_saved}", flush=True)
+
+    def abort(self, message: str) -> int:
+        self.run.say(message)
+        self.run.say(f"the last good checkpoint is {self.last_saved}" if self.last_saved
+                     else "no checkpoint was written yet")
         return 1
-
-    stop = StopRequest()
-    model.train()
-    for i in range(first_iteration, iterations + 1):
-        started = time.perf_counter()
-        x, y = (t[rows].to(device) for t in loader.next_batch("train"))
-        loss, state = forward_backward(network, x, y, state, opt.grad_clip, opt.precision)
-        train_loss = ranks.mean(loss)
-        if train_loss != train_loss:
-            return abort(f"loss is NaN at iteration {i}: stopping before the weights are updated.")
-        loss0 = train_loss if loss0 is None else loss0
-        if train_loss > loss0 * 3:
-            return abort("loss is exploding, aborting.")
-        if i % opt.print_every == 0:
-            norm_ratio = (torch.stack([p.grad.norm() for p in params]).norm() /
-                          torch.stack([p.detach().norm() for p in params]).norm()).item()
-        optimizer.step()
-        if opt.accurate_gpu_timing:
-            synchronize(device)
-        elapsed = time.perf_counter() - started
-        seconds += elapsed
-        train_losses.append(train_loss)
-        epoch = i / ntrain
-        if i % opt.print_every == 0:
-            say(f"{i}/{iterations} (epoch {epoch:.3f}), train_loss = {train_loss:6.8f}, "
-                f"grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s", flush=True)
-
-        if i % ntrain == 0 and opt.learning_rate_decay < 1 and epoch >= opt.learning_rate_decay_after:
-            for group in optimizer.param_groups:
-                group["lr"] *= opt.learning_rate_decay
-            say(f"decayed learning rate by a factor {lua_number(opt.learning_rate_decay)} "
-                f"to {lua_number(optimizer.param_groups[0]['lr'])}")
-
-        val_loss = None
-        if i % opt.eval_val_every == 0 or i % ntrain == 0 or i == iterations:
-            if ranks.is_main and loader.n_batches("val"):
-                val_loss = evaluate_split(model, loader, "val", device, opt.precision)
-                val_losses.append([i, val_loss])
-                say(f"validation loss at epoch {epoch:.2f}: {val_loss:.4f}")
-            last_saved = save(i, val_loss)
-            say(f"saved checkpoint {last_saved}", flush=True)
-        if ranks.is_main:
-            log.append(i, epoch, train_loss, val_loss, optimizer.param_groups[0]["lr"], seconds)
-
-        signal_number = ranks.any_signal(stop.signal_number)
-        if signal_number:
-            if last_saved != checkpoint_path(opt.checkpoint_dir, opt.savefile, i, ntrain):
-                last_saved = save(i, None)
-            say(f"stopped at iteration {i}; checkpoint {last_saved}; continue with: "
-                f"python train.py -resume {last_saved}", flush=True)
-            return 128 + signal_number
-    return 0
-
-
-class TrainingLog:
-    """cv/<prefix>log.csv, one row per iteration; a resumed run drops rows past its checkpoint."""
-    HEADER = ["iteration", "epoch", "train_loss", "val_loss", "learning_rate", "seconds"]
-
-    def __init__(self, path: str, keep_until: int):
-        self.path = path
-        try:
-            rows = []
-            if keep_until > 0 and os.path.exists(path):
-                with open(path, newline="") as handle:
-                    rows = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= keep_until]
-            with open(path, "w", newline="") as handle:
-                csv.writer(handle).writerows([self.HEADER, *rows])
-            self.handle = open(path, "a", newline="")
-        except (OSError, ValueError) as error:
-            raise UserError(f"cannot write the training log {path}: {error}") from None
-        self.writer = csv.writer(self.handle)
-
-    def append(self, iteration: int, epoch: float, train_loss: float, val_loss: float | None,
-               learning_rate: float, seconds: float) -> None:
-        try:
-            self.writer.writerow([iteration, f"{epoch:.4f}", f"{train_loss:.8f}",
-                                  "" if val_loss is None else f"{val_loss:.8f}", f"{learning_rate:.6g}",
-                                  f"{seconds:.3f}"])
-            self.handle.flush()
-        except OSError as error:
-            raise UserError(f"cannot write the training log {self.path}: {error.strerror}") from None
 
 
 if __name__ == "__main__":

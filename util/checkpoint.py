@@ -1,20 +1,42 @@
-"""Checkpoints: named for their epoch, written atomically, loaded without running any code.
+"""Checkpoints: the format's one owner. Named for their epoch, built and restored here, written
+atomically, loaded without running any code.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so that
-`torch.load(path, weights_only=True)` reads it. Weights are stored on the CPU.
-Torch7 char-rnn checkpoints (.t7) load through util.torch7 into the same layout.
+`torch.load(path, weights_only=True)` reads it; tensors are stored on the CPU:
+
+    format        "char-rnn-pytorch 1"
+    model         the shape: {model_type, vocab_size, rnn_size, num_layers, dropout}
+    state_dict    CharRNN's weights, LSTM gates in char-rnn's order i, f, o, g
+    vocab         {tokens: [str, ...] (id order), encoding: "utf-8", "bytes", ...}
+    opt           every train.py option as the run had it: the command line over the defaults
+                  (for -resume, over the resumed checkpoint's opt)
+    run           the run's own facts: {data_source: "h5" or "data_dir"}
+    iteration     the last completed iteration; epoch = iteration / training batches per epoch
+    train_losses  [loss, ...], one per iteration from 1
+    val_losses    [[iteration, loss], ...], one per validation
+    val_loss      this checkpoint's validation loss, or None (no val split, or saved on a signal)
+    resume        what -resume needs besides the weights (absent from a Torch7 file's conversion):
+                  {optimizer: RMSprop's state_dict, learning_rate, loader_position (the next
+                  training batch), hidden (the carried state, one tensor per state part),
+                  rng, cuda_rng (None off CUDA), loss0, seconds}
+
+Checkpoints written before `run` existed kept data_source in opt; they load and resume alike.
+Torch7 char-rnn checkpoints (.t7) are converted through util.torch7 into the same layout.
 """
 import os
 import pickle
 
 import torch
 
-from model import CharRNN
+from model import LAYERS, CharRNN, State
+from util.data import BatchLoader
 from util.errors import UserError
+from util.training import Progress
 from util.vocab import Vocab
 
 FORMAT = "char-rnn-pytorch 1"
 ZIP_MAGIC = b"PK\x03\x04"
+RESUME_KEYS = ("optimizer", "learning_rate", "loader_position", "hidden", "rng", "cuda_rng", "loss0", "seconds")
 
 
 def checkpoint_path(checkpoint_dir: str, savefile: str, iteration: int, iterations_per_epoch: int) -> str:
@@ -30,6 +52,79 @@ def checkpoint_path(checkpoint_dir: str, savefile: str, iteration: int, iteratio
 def log_path(checkpoint_dir: str, savefile: str) -> str:
     return os.path.join(checkpoint_dir, f"lm_{savefile}_log.csv" if savefile else "lm_log.csv")
 
+
+# ---- building and restoring ------------------------------------------------------------------------
+
+def build_checkpoint(model: CharRNN, vocab: Vocab, opt: dict, run: dict, progress: Progress,
+                     iterations_per_epoch: int, val_loss: float | None, training: dict) -> dict:
+    """The checkpoint of `progress.iteration`; `training` is training_state()'s resume section."""
+    return {
+        "format": FORMAT, "model": model.shape(), "state_dict": to_cpu(model.state_dict()),
+        "vocab": {"tokens": vocab.tokens, "encoding": vocab.encoding}, "opt": dict(opt), "run": dict(run),
+        "iteration": progress.iteration, "epoch": progress.iteration / iterations_per_epoch,
+        "train_losses": progress.train_losses, "val_losses": progress.val_losses, "val_loss": val_loss,
+        "resume": training,
+    }
+
+
+def training_state(optimizer: torch.optim.Optimizer, loader_position: int, hidden: State,
+                   device: torch.device, progress: Progress) -> dict:
+    """The resume section: optimizer, data position, carried state and random-number state."""
+    return {"optimizer": to_cpu(optimizer.state_dict()), "learning_rate": optimizer.param_groups[0]["lr"],
+            "loader_position": loader_position, "hidden": to_cpu(hidden), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "loss0": progress.loss0, "seconds": progress.seconds}
+
+
+def restore_training(checkpoint: dict, optimizer: torch.optim.Optimizer, loader: BatchLoader,
+                     device: torch.device, learning_rate: float | None, decay_rate: float) -> tuple[Progress, State]:
+    """Put a -resume checkpoint's training state back: the optimizer (its learning rate replaced when
+    `learning_rate` is given, its decay rate always the run's), the loader's place and the random
+    numbers. Returns the run's progress and the carried state (all streams, on `device`)."""
+    saved = checkpoint["resume"]
+    optimizer.load_state_dict(saved["optimizer"])
+    for group in optimizer.param_groups:  # load_state_dict brought back the saved hyperparameters
+        group["lr"] = saved["learning_rate"] if learning_rate is None else learning_rate
+        group["alpha"] = decay_rate
+    loader.position["train"] = saved["loader_position"]
+    torch.set_rng_state(saved["rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"])
+    progress = Progress(checkpoint["iteration"], list(checkpoint["train_losses"]),
+                        [list(v) for v in checkpoint["val_losses"]], saved["loss0"], saved["seconds"])
+    return progress, tuple(part.to(device) for part in saved["hidden"])
+
+
+def require_training_state(checkpoint: dict, path: str) -> None:
+    """A checkpoint that -resume can continue: one holding a complete resume section."""
+    saved = checkpoint.get("resume")
+    if saved is None:
+        raise UserError(f"{path} holds weights only (no training state); use -init_from")
+    missing = [key for key in RESUME_KEYS if key not in saved] if isinstance(saved, dict) else ["resume"]
+    if missing or "data_source" not in run_facts(checkpoint):
+        raise UserError(f"{path}: its training state is incomplete ({', '.join(missing) or 'data_source'} "
+                        f"missing); use -init_from to start a new run from its weights")
+
+
+def run_facts(checkpoint: dict) -> dict:
+    """The run's facts; older checkpoints kept them in opt."""
+    if isinstance(checkpoint.get("run"), dict):
+        return checkpoint["run"]
+    opt = checkpoint.get("opt") or {}
+    return {"data_source": opt["data_source"]} if "data_source" in opt else {}
+
+
+def to_cpu(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_cpu(v) for v in value]
+    return value
+
+
+# ---- writing and reading ----------------------------------------------------------------------------
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename: a checkpoint
@@ -56,7 +151,8 @@ def save_checkpoint(path: str, checkpoint: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Read a .pt (this project) or .t7 (Torch7 char-rnn) checkpoint; any problem is a UserError."""
+    """Read a .pt (this project) or .t7 (Torch7 char-rnn) checkpoint and check its structure;
+    any problem is a UserError."""
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
@@ -66,25 +162,39 @@ def load_checkpoint(path: str) -> dict:
             magic = handle.read(4)
     except OSError as error:
         raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
-    if path.endswith(".t7"):
-        checkpoint = _load_torch7(path)
-    else:
-        if magic != ZIP_MAGIC:  # torch.save's format is a zip archive
-            raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise UserError(f"{path} holds objects other than tensors and plain data; refusing to load it, "
-                            f"since unpickling them could run code from the file") from None
-        except Exception as error:  # torch.load reports damaged files with many exception types
-            raise UserError(f"{path} is not a readable checkpoint (truncated or damaged: "
-                            f"{type(error).__name__})") from None
+    checkpoint = _load_torch7(path) if path.endswith(".t7") else _load_pt(path, magic)
+    validate(checkpoint, path)
+    return checkpoint
+
+
+def _load_pt(path: str, magic: bytes) -> dict:
+    if magic != ZIP_MAGIC:  # torch.save's format is a zip archive
+        raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds objects other than tensors and plain data; refusing to load it, "
+                        f"since unpickling them could run code from the file") from None
+    except Exception as error:  # torch.load reports damaged files with many exception types
+        raise UserError(f"{path} is not a readable checkpoint (truncated or damaged: "
+                        f"{type(error).__name__})") from None
+
+
+def validate(checkpoint: object, path: str) -> None:
+    """The parts every reader uses, as the schema above describes them."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not a char-rnn checkpoint")
-    for name, tensor in checkpoint["state_dict"].items():
+    shape, weights, vocab = checkpoint.get("model"), checkpoint.get("state_dict"), checkpoint.get("vocab")
+    if not (isinstance(shape, dict) and isinstance(weights, dict) and isinstance(vocab, dict)
+            and isinstance(vocab.get("tokens"), list) and isinstance(vocab.get("encoding"), str)):
+        raise UserError(f"{path} is not a complete char-rnn checkpoint (model, state_dict or vocab missing)")
+    if shape.get("model_type") not in LAYERS:
+        raise UserError(f"{path}: unknown model type {shape.get('model_type')!r}")
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise UserError(f"{path}: weight {name} is not a tensor of numbers")
         if not torch.isfinite(tensor).all():
             raise UserError(f"checkpoint {path} has NaN or infinite weights ({name}); use an earlier checkpoint")
-    return checkpoint
 
 
 def _load_torch7(path: str) -> dict:
@@ -99,7 +209,8 @@ def _load_torch7(path: str) -> dict:
                   "num_layers": t7["num_layers"], "dropout": t7["dropout"]},
         "state_dict": t7["state_dict"],
         "vocab": {"tokens": t7["tokens"], "encoding": t7["encoding"]},
-        "opt": t7["opt"], "iteration": t7["iteration"], "epoch": t7["epoch"],
+        "opt": t7["opt"], "run": {"data_source": "data_dir"},  # char-rnn read its -data_dir only
+        "iteration": t7["iteration"], "epoch": t7["epoch"],
         "train_losses": t7["train_losses"], "val_losses": t7["val_losses"], "val_loss": t7["val_loss"],
     }
 
@@ -119,4 +230,3 @@ def model_from_checkpoint(checkpoint: dict, path: str, dropout: float | None = N
         detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
         raise UserError(f"{path}: the weights do not fit the model it describes ({detail})") from None
     return model
-

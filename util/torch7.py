@@ -23,6 +23,7 @@ Windows and 32-bit builds; the file does not say which, so both are tried (see `
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import struct
@@ -59,6 +60,12 @@ class TorchObject:
     def __repr__(self) -> str:
         # Fields may hold cycles (nngraph nodes) and huge tensors: keep the repr short.
         return f"<TorchObject {self.typename}>"
+
+
+def fields_of(value: object) -> dict:
+    """The fields of a Torch object (or a table) as a dict; {} for anything else."""
+    attrs = value.attrs if isinstance(value, TorchObject) else value
+    return attrs if isinstance(attrs, dict) else {}
 
 
 class TableKey:
@@ -151,7 +158,7 @@ class _Reader:
             table[_table_key(key, self)] = value
         return table
 
-    def torch_object(self, index: int) -> object:
+    def torch_object(self, index: int) -> builtins.object:
         name = self.string()
         if _is_version(name):  # else the file predates versions and this was the class name
             name = self.string()
@@ -189,7 +196,7 @@ class _Reader:
             return np.zeros(sizes or [0], dtype)
         if not isinstance(storage, np.ndarray) or storage.dtype != dtype:
             raise self.fail(f"tensor of {dtype} without a storage of that type")
-        last = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides))
+        last = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides, strict=True))
         if last >= storage.size:
             raise self.fail(f"tensor reaches element {last + 1} of a storage of {storage.size}")
         view = np.lib.stride_tricks.as_strided(
@@ -243,15 +250,15 @@ def read_t7(path: str | os.PathLike) -> object:
         finally:
             sys.setrecursionlimit(old_limit)
     # Report the guess that got further: its error is the one about the file, not the guess.
-    error = max(errors, key=lambda e: e.pos)
-    raise ValueError(f"{path}: not a readable Torch7 file: {error.message} (at byte {error.pos})")
+    furthest = max(errors, key=lambda e: e.pos)
+    raise ValueError(f"{path}: not a readable Torch7 file: {furthest.message} (at byte {furthest.pos})")
 
 
 def _array_part(table: object) -> list:
     """The values of a Lua table's keys 1..n (its "array part"), in order."""
     if not isinstance(table, dict):
         return []
-    values = []
+    values: list = []
     while len(values) + 1 in table:
         values.append(table[len(values) + 1])
     return values
@@ -280,30 +287,28 @@ class _ForwardGraph:
 
     def __init__(self, gmodule: TorchObject, describe: str) -> None:
         self.describe = describe
-        fields = gmodule.attrs if isinstance(gmodule.attrs, dict) else {}
+        fields = fields_of(gmodule)
         nodes = _array_part(fields.get("forwardnodes"))
         if not nodes or not all(isinstance(n, TorchObject) and isinstance(n.attrs, dict) for n in nodes):
             raise self.error("has no forward nodes")
-        self.consumers = {n: _array_part(n.attrs.get("children")) for n in nodes}
+        self.consumers = {n: _array_part(fields_of(n).get("children")) for n in nodes}
         self.producers: dict[TorchObject, list[TorchObject]] = {n: [] for n in nodes}
         for node, consumers in self.consumers.items():
             for consumer in consumers:
                 self.producers.setdefault(consumer, []).append(node)
-        by_data = {id(n.attrs.get("data")): n for n in nodes}
-        outnode = fields.get("outnode")
-        out_data = outnode.attrs.get("data") if isinstance(outnode, TorchObject) else None
-        out_data = out_data if isinstance(out_data, dict) else {}
-        self.outputs = [by_data.get(id(data)) for data in _array_part(out_data.get("mapindex"))]
-        if None in self.outputs:
+        by_data = {id(fields_of(n).get("data")): n for n in nodes}
+        out_data = fields_of(fields_of(fields.get("outnode")).get("data"))
+        outputs = [by_data.get(id(data)) for data in _array_part(out_data.get("mapindex"))]
+        if None in outputs:
             raise self.error("has outputs outside its forward graph")
+        self.outputs: list[TorchObject] = [node for node in outputs if node is not None]
 
     def error(self, problem: str) -> ValueError:
         return ValueError(f"{self.describe} {problem}")
 
     @staticmethod
     def module(node: TorchObject) -> TorchObject | None:
-        data = node.attrs.get("data")
-        module = data.get("module") if isinstance(data, dict) else None
+        module = fields_of(fields_of(node).get("data")).get("module")
         return module if isinstance(module, TorchObject) else None
 
     def kind(self, node: TorchObject) -> str | None:
@@ -341,12 +346,12 @@ class _ForwardGraph:
     def linear(self, node: TorchObject, shape: tuple[int, int],
                name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A Linear node's (weight, bias); `name` is checked against its nngraph annotation."""
-        annotations = node.attrs["data"].get("annotations")
+        annotations = fields_of(fields_of(node).get("data")).get("annotations")
         label = annotations.get("name") if isinstance(annotations, dict) else None
         if name is not None and label is not None and label != name:
             raise self.error(f"has Linear '{label}' where '{name}' was expected")
-        fields = self.module(node).attrs
-        weight = fields.get("weight") if isinstance(fields, dict) else None
+        fields = fields_of(self.module(node))
+        weight = fields.get("weight")
         if not isinstance(weight, np.ndarray) or weight.shape != shape:
             raise self.error(f"has a Linear weight of shape {getattr(weight, 'shape', None)} where "
                              f"{shape} was expected")
@@ -394,8 +399,8 @@ def _gru_layer(graph: _ForwardGraph, x: TorchObject, layer: int, shape: tuple[in
     (zx, zh), (rx, rh), (cx, ch) = (  # in the order z, r, candidate
         (graph.linear(w_x, (hidden, shape[1])), graph.linear(partner, (hidden, hidden)))
         for [(w_x, partner)] in pairs.values())
-    return {"i2h": tuple(np.concatenate(blocks) for blocks in zip(zx, rx, cx)),
-            "h2h": tuple(np.concatenate(blocks) for blocks in zip(zh, rh)),
+    return {"i2h": tuple(np.concatenate(blocks) for blocks in zip(zx, rx, cx, strict=True)),
+            "h2h": tuple(np.concatenate(blocks) for blocks in zip(zh, rh, strict=True)),
             "h2h_candidate": ch}
 
 
@@ -415,6 +420,16 @@ def _plain(value: object) -> object:
     # Lua numbers are all doubles; options such as seq_length are counts, so integral ones
     # become ints.
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _val_losses(value: object) -> list[list]:
+    # char-rnn keys them by the iteration each was measured at; a .pt lists [iteration, loss]
+    # pairs. Entries that are not a number keyed by a number are dropped.
+    if not isinstance(value, dict):
+        return []
+    numbers = {key: loss for key, loss in value.items()
+               if isinstance(key, (int, float)) and isinstance(loss, (int, float))}
+    return [[_plain(key), loss] for key, loss in sorted(numbers.items())]
 
 
 def load_char_rnn_checkpoint(path: str | os.PathLike) -> dict:
@@ -461,7 +476,6 @@ def load_char_rnn_checkpoint(path: str | os.PathLike) -> dict:
     state["decoder.weight"], state["decoder.bias"] = graph.linear(
         decoder, (len(tokens), hidden), "decoder")
 
-    val_losses = fields.get("val_losses")
     return {
         "model_type": model_type,
         "rnn_size": hidden,
@@ -476,6 +490,5 @@ def load_char_rnn_checkpoint(path: str | os.PathLike) -> dict:
         "epoch": float(fields.get("epoch", 0.0)),
         "val_loss": fields.get("val_loss"),
         "train_losses": _array_part(fields.get("train_losses")),
-        # keyed by the iteration each was measured at, which is a multiple of eval_val_every
-        "val_losses": [val_losses[i] for i in sorted(val_losses)] if isinstance(val_losses, dict) else [],
+        "val_losses": _val_losses(fields.get("val_losses")),
     }

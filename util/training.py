@@ -1,0 +1,115 @@
+"""The pieces of char-rnn's training that train.py, evaluate.py and the benchmarks share: the
+optimizer, one batch's forward and backward pass, a split's mean loss, what a run has done so far,
+the stop request of Ctrl-C / SIGTERM and the CSV log of every iteration."""
+import csv
+import os
+import signal
+from dataclasses import dataclass, field
+from types import FrameType
+
+import torch
+import torch.nn.functional as F
+
+from model import CharRNN, State
+from util.data import BatchLoader
+from util.device import autocast
+from util.errors import UserError
+
+
+def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: float) -> torch.optim.RMSprop:
+    """char-rnn's optim.rmsprop: PyTorch's RMSprop with decay_rate as alpha and char-rnn's epsilon."""
+    return torch.optim.RMSprop(params, lr=learning_rate, alpha=decay_rate, eps=1e-8)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state: State,
+                     grad_clip: float, precision: str = "fp32") -> tuple[torch.Tensor, State]:
+    """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
+    returns the loss and the state to carry into the next batch, cut from this batch's graph.
+    `model` is a CharRNN or the DistributedDataParallel wrapping one."""
+    with autocast(x.device, precision):
+        logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+    model.zero_grad(set_to_none=True)
+    (loss * x.shape[1]).backward()
+    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    return loss.detach(), tuple(part.detach() for part in state)
+
+
+def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> float:
+    """char-rnn's progress figure: the norm of all gradients over the norm of all weights."""
+    grads = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
+    return (grads / torch.stack([p.detach().norm() for p in params]).norm()).item()
+
+
+def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device,
+                   precision: str = "fp32") -> float:
+    """Mean loss over a whole split, from a zero state carried across its batches (char-rnn's
+    eval_split)."""
+    was_training = model.training
+    model.eval()
+    state = model.zero_state(loader.batch_size)
+    total = 0.0
+    with torch.no_grad():
+        for k in range(loader.n_batches(split)):
+            x, y = (t.to(device) for t in loader.batch(split, k))
+            with autocast(device, precision):
+                logits, state = model(x, state)
+            total += F.cross_entropy(logits.reshape(-1, model.vocab_size).float(), y.reshape(-1)).item()
+    model.train(was_training)
+    return total / loader.n_batches(split)
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: written into every checkpoint and brought back by -resume."""
+    iteration: int = 0  # the last completed iteration
+    train_losses: list[float] = field(default_factory=list)  # one per iteration
+    val_losses: list[list] = field(default_factory=list)  # [iteration, loss] per validation
+    loss0: float | None = None  # the first iteration's loss, the explosion check's reference
+    seconds: float = 0.0  # time spent in training steps
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: finish the step, save, exit. A second signal exits at once (checkpoints
+    are renamed into place whole, so nothing on disk is half-written)."""
+
+    def __init__(self) -> None:
+        self.signal_number = 0
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number: int, _frame: FrameType | None) -> None:
+        if self.signal_number:
+            os._exit(128 + number)
+        self.signal_number = number
+        print(f"\n{signal.Signals(number).name} received: saving a checkpoint after this step "
+              f"(send it again to quit at once)", flush=True)
+
+
+class TrainingLog:
+    """cv/<prefix>log.csv, one row per iteration; a resumed run drops rows past its checkpoint."""
+    HEADER = ("iteration", "epoch", "train_loss", "val_loss", "learning_rate", "seconds")
+
+    def __init__(self, path: str, keep_until: int):
+        self.path = path
+        try:
+            rows = []
+            if keep_until > 0 and os.path.exists(path):
+                with open(path, newline="") as handle:
+                    rows = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= keep_until]
+            with open(path, "w", newline="") as handle:
+                csv.writer(handle).writerows([self.HEADER, *rows])
+            self.handle = open(path, "a", newline="")  # noqa: SIM115  (written to until the run ends)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot write the training log {path}: {error}") from None
+        self.writer = csv.writer(self.handle)
+
+    def append(self, iteration: int, epoch: float, train_loss: float, val_loss: float | None,
+               learning_rate: float, seconds: float) -> None:
+        try:
+            self.writer.writerow([iteration, f"{epoch:.4f}", f"{train_loss:.8f}",
+                                  "" if val_loss is None else f"{val_loss:.8f}", f"{learning_rate:.6g}",
+                                  f"{seconds:.3f}"])
+            self.handle.flush()
+        except OSError as error:
+            raise UserError(f"cannot write the training log {self.path}: {error.strerror}") from None
