@@ -2,10 +2,11 @@
 
 Import the plain helpers from any test file with
 
-    from conftest import REPO, run_script, assert_user_error, read_outputs, decode_outputs
+    from conftest import REPO, TINY_TEXT, run_script, assert_user_error, read_outputs, decode_outputs
 
-(pytest puts tests/ on sys.path), and request `tiny_text` / `tiny_file` as fixtures.
-Everything runs on the CPU; subprocesses use the interpreter running the tests.
+(pytest puts tests/ on sys.path), and request `tiny_file` as a fixture. Script runs that execute
+together (a pool of them, results by name) are runner.Runs; the .t7 fixture builders are t7_writer
+and t7_graphs. Everything runs on the CPU; subprocesses use the interpreter running the tests.
 """
 import json
 import os
@@ -71,12 +72,6 @@ def decode_outputs(h5_path: str | os.PathLike, json_path: str | os.PathLike) -> 
     ids = [int(i) for name in ("train", "val", "test") if name in splits for i in splits[name]]
     text = "".join(table[str(i)] for i in ids)
     return bytes(ord(c) for c in text) if vocab.get("encoding") == "bytes" else text
-
-
-@pytest.fixture
-def tiny_text() -> str:
-    """A short ASCII text (TINY_TEXT)."""
-    return TINY_TEXT
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """THE bad-input matrix: every way a user can hand the three scripts something wrong.
 
 Each case runs the real script on the command line a user would type, in a folder of its own that
-a setup function fills, and asserts the user-facing contract (SPEC §2, §2.1, §2.3, §2.4, §2.6):
-status 1, exactly one line on stderr starting with 'Error:' and naming the problem, no traceback,
-and no file in the folder created, removed or changed (names, sizes, mtimes and contents; train.py
-fails before it creates its checkpoint folder in every case here, so that is not allowed either).
+a setup function fills, and asserts the user-facing contract (docs/behaviour.md §2, §2.1, §2.3,
+§2.4, §2.6): status 1, exactly one line on stderr starting with 'Error:' and naming the problem, no
+traceback, and no file in the folder created, removed or changed (names, sizes, mtimes and
+contents; train.py fails before it creates its checkpoint folder in every case here, so that is
+not allowed either).
 
 Inputs that look bad but are valid (a text of carriage returns only, binary data with
 -encoding bytes, a lone BOM in bytes mode) are checked for success and a round trip separately.
@@ -25,10 +26,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -38,6 +38,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import REPO, assert_user_error, decode_outputs, run_script
 from model import CharRNN
+from runner import Runs
 from util.checkpoint import FORMAT
 from util.corpus import preprocess
 from util.data import load_data_dir
@@ -498,7 +499,8 @@ def run_case(case: Case, tmp: Path, shared: Shared, zygote: Zygote | None):
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every case, run two at a time (two zygotes, or a pool of fresh interpreters)."""
+    """Every case's (result, folder before, folder after): two at a time on two zygotes, or three at a
+    time as fresh interpreters."""
     root = tmp_path_factory.mktemp("bad_input")
     shared = build_shared(root / "shared")
     fresh = os.environ.get("CHAR_RNN_TEST_SUBPROCESS") == "1"
@@ -508,11 +510,10 @@ def matrix(tmp_path_factory):
             (root / f"logs{n}").mkdir()
             zygotes.append(Zygote(root / f"logs{n}"))
     try:
-        with ThreadPoolExecutor(3 if fresh else 2) as pool:
-            futures = {case.id: pool.submit(run_case, case, root / case.id, shared,
-                                            None if fresh else zygotes[n % 2])
-                       for n, case in enumerate(CASES)}
-            return {key: future.result() for key, future in futures.items()}
+        with Runs(workers=3 if fresh else 2) as runs:
+            for n, case in enumerate(CASES):
+                runs.submit(case.id, run_case, case, root / case.id, shared, None if fresh else zygotes[n % 2])
+            return runs.results()
     finally:
         for zygote in zygotes:
             zygote.close()
@@ -731,5 +732,5 @@ def test_unknown_option_after_valid_ones_is_named(script, data):
         lambda n: n not in known and n not in ("h", "help") and n.lower() not in ("inf", "nan", "infinity")))
     dashes = data.draw(st.sampled_from(["-", "--"]))
     with pytest.raises(UserError) as error:
-        parse_options(argv + [f"{dashes}{bogus}", "1"], script, "", options, positional)
+        parse_options([*argv, f"{dashes}{bogus}", "1"], script, "", options, positional)
     assert str(error.value).startswith(f"unknown option -{bogus} ")

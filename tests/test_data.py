@@ -1,9 +1,10 @@
 """util/data.py: reading HDF5/JSON pairs, the two batch layouts, the -data_dir cache, BatchLoader
-(SPEC §2.2 data source and training-data paragraphs)."""
+(docs/behaviour.md §2.2 data source and training-data paragraphs)."""
 import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -161,9 +162,8 @@ def test_json_that_is_not_a_vocabulary(tmp_path, content, fragment):
 
 def test_truncated_hdf5(tmp_path):
     h5, js, _ = write_torch_rnn_pair(str(tmp_path), "abcdefghijklmnopqrstuvwxyz" * 100)
-    data = open(h5, "rb").read()
-    with open(h5, "wb") as f:
-        f.write(data[:len(data) // 2])
+    data = Path(h5).read_bytes()
+    Path(h5).write_bytes(data[:len(data) // 2])
     with pytest.raises(UserError) as error:
         read_h5_json(h5, js)
     message = str(error.value)
@@ -268,7 +268,7 @@ def test_char_rnn_splits_match_char_rnn(length, B, T, train_frac, val_frac):
     if splits["train"].n_batches and (val_frac == 0 or splits["val"].n_batches):
         loader = BatchLoader(splits, B, T)
         for name, batches in expected.items():
-            for k, (x, y) in enumerate(batches):
+            for x, y in batches:
                 bx, by = loader.next_batch(name)
                 assert bx.dtype == torch.long and bx.shape == (B, T)
                 assert bx.tolist() == x and by.tolist() == y
@@ -371,7 +371,7 @@ def test_load_data_dir_bytes_fallback(tmp_path):
 
 
 def test_load_data_dir_errors(tmp_path):
-    with pytest.raises(UserError, match="has no input.txt"):
+    with pytest.raises(UserError, match=r"has no input\.txt"):
         load_data_dir(str(tmp_path), log=quiet)
     (tmp_path / "input.txt").write_text("")
     with pytest.raises(UserError, match="empty"):

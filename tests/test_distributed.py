@@ -47,7 +47,7 @@ def test_two_processes_match_one(runs):
     b = torch.load(folder / "two" / final, weights_only=True)
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight, rtol=1e-5, atol=1e-5)
-    for part_a, part_b in zip(a["resume"]["hidden"], b["resume"]["hidden"]):  # gathered to the full batch
+    for part_a, part_b in zip(a["resume"]["hidden"], b["resume"]["hidden"], strict=True):  # gathered to the full batch
         assert part_b.shape == part_a.shape
         torch.testing.assert_close(part_b, part_a, rtol=1e-4, atol=1e-4)
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)

@@ -1,33 +1,35 @@
 """evaluate.py: loss, bits per character and perplexity of .pt and char-rnn .t7 checkpoints.
 
-The char-rnn checkpoints here are built with test_torch7's nngraph builders (the graphs of char-rnn's
+The char-rnn checkpoints here are built with t7_graphs' nngraph builders (the graphs of char-rnn's
 model/{LSTM,GRU,RNN}.lua) and written by t7_writer; their losses are recomputed independently from
-char-rnn's equations (test_torch7.char_rnn_step, numpy, float64) over char-rnn's batches, written out
+char-rnn's equations (t7_graphs.char_rnn_step, numpy, float64) over char-rnn's batches, written out
 again below from its CharSplitLMMinibatchLoader and eval_split. The runs as a user makes them
 (subprocesses) start together at the beginning of the module; the rest runs in this process.
 """
+import itertools
 import math
 import re
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import evaluate
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error
+from runner import Runs, ok
+from t7_graphs import BUILDERS, NNGraph, char_rnn_step
 from t7_writer import write_t7
-from test_torch7 import NNGraph, build_gru, build_lstm, build_rnn, char_rnn_step
 from util.errors import UserError
 from util.torch7 import TorchObject
+
+import evaluate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "t7"  # ../shared/t7 from the repo root
 STOCK = SHARED / "stock" / "lm_lstm_epoch18.18_2.2153.t7"
 STOCK_TEXT = SHARED / "stock" / "input.txt"
 FIXTURES = Path(__file__).parent / "fixtures" / "t7"
-BUILDERS = {"lstm": build_lstm, "gru": build_gru, "rnn": build_rnn}
 CPU = ["-gpuid", "-1", "-threads", "1"]
 # Batch shape and split saved in the hand-built checkpoints' opt: 330 bytes give 15 blocks of 3 x 7,
 # train 10, val 3, test 2 (test_frac 0.1)
@@ -79,7 +81,7 @@ def reference_losses(net: dict, token_ids: list[list[int]]) -> list[float]:
     losses = []
     for stream in token_ids:
         state = [np.zeros(H) for _ in range(2 * n if model == "lstm" else n)]
-        for token, target in zip(stream[:-1], stream[1:]):
+        for token, target in itertools.pairwise(stream):
             state, logp = char_rnn_step(model, net["w"], token, state, n)
             losses.append(-logp[target - 1])
     return losses
@@ -174,20 +176,13 @@ def cases(f: dict[str, Path]) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def runs(files) -> dict[str, Future]:
-    pool = ThreadPoolExecutor(max_workers=2)
+def runs(files: dict[str, Path]) -> Iterator[Runs]:
     order = ["stock_train", "pt_train", "stock_eval", "stock_sample"]  # longest first
     todo = sorted(cases(files).items(), key=lambda item: order.index(item[0]) if item[0] in order else 9)
-    futures = {name: pool.submit(run_script, *args, cwd=files["folder"]) for name, args in todo}
-    yield futures
-    pool.shutdown(cancel_futures=True)
-
-
-def ok(runs: dict[str, Future], name: str):
-    result = runs[name].result()
-    assert result.returncode == 0, (name, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
+    with Runs(workers=2) as r:
+        for name, args in todo:
+            r.start(name, *args, cwd=files["folder"])
+        yield r
 
 
 def needs_stock():
@@ -204,10 +199,10 @@ def one_thread():
 
 def test_stock_checkpoint_validation_loss_is_the_one_in_its_name(runs):
     needs_stock()
-    result = ok(runs, "stock_eval")
+    result = ok(runs["stock_eval"])
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout  # diagnostics go to stderr
-    split, nats, bits, perplexity, characters, _ = parse(lines[0])
+    split, nats, _bits, _perplexity, characters, _ = parse(lines[0])
     # char-rnn's split of 147,060 bytes in blocks of 50 x 50: 58 blocks, train 55, val 3
     assert split == "val" and characters == 3 * 50 * 50
     assert abs(nats - 2.2153) < 1e-3, nats
@@ -217,7 +212,7 @@ def test_stock_checkpoint_validation_loss_is_the_one_in_its_name(runs):
 
 def test_stock_checkpoint_samples_its_alphabet(runs):
     needs_stock()
-    result = ok(runs, "stock_sample")
+    result = ok(runs["stock_sample"])
     assert result.stdout.endswith("\n")
     text = result.stdout[:-1]
     assert len(text) == 500 and set(text) <= set("0123456789abcdefghijk")
@@ -226,7 +221,7 @@ def test_stock_checkpoint_samples_its_alphabet(runs):
 
 def test_train_init_from_stock_checkpoint_continues_from_its_weights(runs, files):
     needs_stock()
-    result = ok(runs, "stock_train")
+    result = ok(runs["stock_train"])
     assert "loaded the model from" in result.stdout and "lstm, 2 x 128" in result.stdout
     train_losses = [float(m) for m in re.findall(r"train_loss = (\d+\.\d+)", result.stdout)]
     assert len(train_losses) == 3  # int(0.06 * 55)
@@ -313,7 +308,7 @@ def test_input_chunking_does_not_change_the_loss(files):
 # ---- this project's .pt checkpoints -------------------------------------------------------------------
 
 def test_pt_checkpoint_val_loss_equals_the_one_training_measured(runs, files):
-    ok(runs, "pt_train")
+    ok(runs["pt_train"])
     checkpoint = torch.load(files["pt_cv"] / "lm_epoch1.pt", weights_only=True)
     assert checkpoint["vocab"]["encoding"] == "utf-8" and "é" in checkpoint["vocab"]["tokens"]
     result = run(files["pt_cv"] / "lm_epoch1.pt", "-data_dir", files["pt_data"], *CPU)
@@ -329,17 +324,17 @@ def test_pt_checkpoint_val_loss_equals_the_one_training_measured(runs, files):
 # ---- output and errors ----------------------------------------------------------------------------------
 
 def test_verbose_0_prints_only_the_result(runs, files):
-    result = ok(runs, "quiet")
+    result = ok(runs["quiet"])
     assert result.stderr == ""
-    split, nats, bits, perplexity, characters, source = parse(result.stdout.rstrip("\n"))
+    split, _nats, _bits, _perplexity, characters, source = parse(result.stdout.rstrip("\n"))
     assert result.stdout.count("\n") == 1 and split == "val" and characters == 3 * 21
     assert source == f"split val of {files['small_data']}"
 
 
 def test_errors_are_one_line(runs, files):
-    assert_user_error(runs["missing"].result(), f"File {files['missing']} does not exist")
-    assert_user_error(runs["not_char_rnn"].result(), "is not a char-rnn checkpoint")
-    assert_user_error(runs["neither"].result(), "-data_dir", "-input")
+    assert_user_error(runs["missing"], f"File {files['missing']} does not exist")
+    assert_user_error(runs["not_char_rnn"], "is not a char-rnn checkpoint")
+    assert_user_error(runs["neither"], "-data_dir", "-input")
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -374,7 +369,7 @@ def test_split_too_small_for_the_checkpoints_batches(tmp_path, files):
 
 
 def test_text_not_in_the_checkpoints_encoding(tmp_path, runs, files):
-    ok(runs, "pt_train")
+    ok(runs["pt_train"])
     (tmp_path / "latin1.txt").write_bytes("the café".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1.txt is not valid utf-8: cannot decode byte 0xe9 at offset 7, "
                                         r"but .*lm_epoch1.pt reads utf-8 text"):

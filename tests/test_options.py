@@ -1,4 +1,4 @@
-"""util/options.py: Torch7-style options, their typing, errors and help (SPEC §2)."""
+"""util/options.py: Torch7-style options, their typing, errors and help (docs/behaviour.md §2)."""
 
 import pytest
 from hypothesis import given, settings, strategies as st

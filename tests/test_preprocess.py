@@ -1,5 +1,5 @@
 """preprocess.py end to end, as a user runs it, plus in-process properties of util/corpus.py
-(SPEC §2.1)."""
+(docs/behaviour.md §2.1)."""
 import os
 import tempfile
 from pathlib import Path
@@ -45,7 +45,7 @@ def test_round_trip_utf8(tmp_path, text):
     result, h5, js = run_preprocess(tmp_path, write(tmp_path, text), "-val_frac", "0.1", "-test_frac", "0.1")
     assert result.returncode == 0, result.stderr
     assert decode_outputs(h5, js) == text
-    splits, vocab = read_outputs(h5, js)
+    _, vocab = read_outputs(h5, js)
     assert vocab["encoding"] == "utf-8"
     tokens = [vocab["idx_to_token"][str(i)] for i in range(1, len(vocab["idx_to_token"]) + 1)]
     assert tokens == sorted(set(text))  # sorted by value, ids 1..N, \r is an ordinary token
@@ -322,9 +322,8 @@ def test_unknown_encoding(tmp_path, tiny_file):
 # ---- in-process: decode-error offsets across chunk boundaries ------------------------------------------
 
 def decode_error(path, chunk_bytes):
-    with mock.patch.object(corpus, "CHUNK_BYTES", chunk_bytes):
-        with pytest.raises(corpus.DecodeError) as error:
-            corpus.scan(str(path), "utf-8")
+    with mock.patch.object(corpus, "CHUNK_BYTES", chunk_bytes), pytest.raises(corpus.DecodeError) as error:
+        corpus.scan(str(path), "utf-8")
     return str(error.value)
 
 

@@ -1,4 +1,4 @@
-"""-resume, signals, crashes and full disks, as a user meets them (SPEC §2.3, §2.4).
+"""-resume, signals, crashes and full disks, as a user meets them (docs/behaviour.md §2.3, §2.4).
 
 Every train.py run here is a real subprocess. They are started together by the module fixture
 `runs` (a few at a time: each spends a second or so importing torch), in chains where one run
@@ -24,13 +24,14 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, assert_user_error, run_script
+from runner import Runs, ok
 from util import checkpoint as checkpoint_module
 from util.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from util.data import load_data_dir
@@ -39,8 +40,9 @@ from util.errors import UserError
 
 def make_text(length: int, seed: int) -> str:
     rng = random.Random(seed)
-    words = ("to be or not that is the question whether tis nobler in the mind suffer slings and arrows "
-             "of outrageous fortune take arms against a sea troubles").split()
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "in", "the",
+             "mind", "suffer", "slings", "and", "arrows", "of", "outrageous", "fortune", "take", "arms", "against",
+             "a", "sea", "troubles"]
     out = ""
     while len(out) < length:
         out += rng.choice(words) + rng.choice([" ", " ", " ", ", ", ".\n"])
@@ -62,14 +64,15 @@ STOPPED = re.compile(r"^stopped at iteration (\d+); checkpoint (\S+); continue w
 
 
 def name(iteration: int) -> str:
-    """SPEC §2.3's checkpoint name for `iteration` of this text."""
+    """The checkpoint name docs/behaviour.md §2.3 gives `iteration` of this text."""
     if iteration % N_TRAIN == 0:
         return f"lm_epoch{iteration // N_TRAIN}.pt"
     return f"lm_epoch{iteration / N_TRAIN:.2f}.pt"
 
 
-def common(data: Path) -> list:
-    return ["-data_dir", data, "-batch_size", BATCH, "-seq_length", SEQ, "-gpuid", -1, "-threads", 1,
+def common(r: Runs) -> list:
+    """The options every run here shares, on the text in root/data."""
+    return ["-data_dir", r.folder("data"), "-batch_size", BATCH, "-seq_length", SEQ, "-gpuid", -1, "-threads", 1,
             "-learning_rate", RATE, "-learning_rate_decay", DECAY, "-learning_rate_decay_after", 1,
             "-eval_val_every", EVAL_EVERY, "-dropout", 0.3, "-print_every", 1]
 
@@ -188,7 +191,7 @@ def differences(a, b, where: str = "") -> list[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{where} length {len(a)} != {len(b)}"]
-        return [d for n, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{n}]")]
+        return [d for n, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{n}]")]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
@@ -207,25 +210,9 @@ def assert_same_run_state(path_a: Path, path_b: Path) -> None:
 
 # ---- the runs, started together -----------------------------------------------------------------
 
-class Runs:
-    def __init__(self, root: Path, data: Path, other: Path):
-        self.root, self.data, self.other = root, data, other
-        self.pool = ThreadPoolExecutor(3)
-        self.futures = {}
-
-    def folder(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def chain(self, name: str, job, *args):
-        self.futures[name] = self.pool.submit(job, self, *args)
-
-    def __getitem__(self, name: str):
-        return self.futures[name].result()
-
-    def train(self, folder: str, *args) -> subprocess.CompletedProcess:
-        return run_script("train.py", *args, cwd=self.folder(folder), timeout=300)
+def run_train(r: Runs, folder: str, *args: object) -> subprocess.CompletedProcess:
+    """train.py *args in the folder root/`folder` (created if missing), waiting for it to end."""
+    return run_script("train.py", *args, cwd=r.folder(folder), timeout=300)
 
 
 def chain_lstm(r: Runs) -> dict:
@@ -233,36 +220,36 @@ def chain_lstm(r: Runs) -> dict:
     elsewhere, printing every 5; D: the same with another -decay_rate. I: -init_from A's last
     checkpoint for 1 epoch; I2: resume I's mid-epoch checkpoint (a run started with -init_from must
     be resumable too)."""
-    out = {"A": r.train("A_lstm", *common(r.data), *shape("lstm"), "-max_epochs", 2)}
+    out = {"A": run_train(r, "A_lstm", *common(r), *shape("lstm"), "-max_epochs", 2)}
     a_cv = r.root / "A_lstm" / "cv"
-    out["M"] = r.train("M_lstm", "-resume", a_cv / name(14), "-print_every", 5)
-    out["D"] = r.train("D_lstm", "-resume", a_cv / name(14), "-decay_rate", 0.5)
-    out["I"] = r.train("I_lstm", *common(r.data), "-init_from", a_cv / name(END), "-max_epochs", 1)
-    out["I2"] = r.train("I2_lstm", "-resume", r.root / "I_lstm" / "cv" / name(28))
+    out["M"] = run_train(r, "M_lstm", "-resume", a_cv / name(14), "-print_every", 5)
+    out["D"] = run_train(r, "D_lstm", "-resume", a_cv / name(14), "-decay_rate", 0.5)
+    out["I"] = run_train(r, "I_lstm", *common(r), "-init_from", a_cv / name(END), "-max_epochs", 1)
+    out["I2"] = run_train(r, "I2_lstm", "-resume", r.root / "I_lstm" / "cv" / name(28))
     return out
 
 
 def chain_extend(r: Runs) -> dict:
     """B: the same run as A, but -max_epochs 1; then -resume it in place with -max_epochs 2 (and
     the shape, batch and seed options repeated with their unchanged values, which is no conflict)."""
-    out = {"B": r.train("B_lstm", *common(r.data), *shape("lstm"), "-max_epochs", 1)}
-    out["B2"] = r.train("B_lstm", "-resume", "cv/" + name(N_TRAIN), "-max_epochs", 2, "-model", "lstm",
-                        "-rnn_size", 16, "-batch_size", BATCH, "-seed", 123)
+    out = {"B": run_train(r, "B_lstm", *common(r), *shape("lstm"), "-max_epochs", 1)}
+    out["B2"] = run_train(r, "B_lstm", "-resume", "cv/" + name(N_TRAIN), "-max_epochs", 2, "-model", "lstm",
+                          "-rnn_size", 16, "-batch_size", BATCH, "-seed", 123)
     return out
 
 
 def chain_other_model(r: Runs, model: str) -> dict:
     """2 epochs; then resume the checkpoint at iteration 56 (epoch 1.19: after the first decay)."""
-    out = {"A": r.train(f"A_{model}", *common(r.data), *shape(model), "-max_epochs", 2)}
-    out["M"] = r.train(f"M_{model}", "-resume", r.root / f"A_{model}" / "cv" / name(56))
+    out = {"A": run_train(r, f"A_{model}", *common(r), *shape(model), "-max_epochs", 2)}
+    out["M"] = run_train(r, f"M_{model}", "-resume", r.root / f"A_{model}" / "cv" / name(56))
     return out
 
 
 def chain_bf16(r: Runs) -> dict:
     """The lstm run in bfloat16 autocast (-precision bf16) for 2 epochs; then resume the checkpoint at
     iteration 56, which keeps the precision."""
-    out = {"A": r.train("A_bf16", *common(r.data), *shape("lstm"), "-precision", "bf16", "-max_epochs", 2)}
-    out["M"] = r.train("M_bf16", "-resume", r.root / "A_bf16" / "cv" / name(56))
+    out = {"A": run_train(r, "A_bf16", *common(r), *shape("lstm"), "-precision", "bf16", "-max_epochs", 2)}
+    out["M"] = run_train(r, "M_bf16", "-resume", r.root / "A_bf16" / "cv" / name(56))
     return out
 
 
@@ -271,7 +258,7 @@ def interrupt(r: Runs, folder_name: str, number: int, after: int = 3) -> dict:
     progress lines, then resume the checkpoint it names up to A's end point (or a later one, with
     a reference run of its own, if the signal landed after it)."""
     folder = r.folder(folder_name)
-    run = start_train(folder, *common(r.data), *shape("lstm"), "-max_epochs", 1000)
+    run = start_train(folder, *common(r), *shape("lstm"), "-max_epochs", 1000)
     run.wait_for(progress_at_least(after))
     sent = time.monotonic()
     run.process.send_signal(number)
@@ -289,8 +276,8 @@ def interrupt(r: Runs, folder_name: str, number: int, after: int = 3) -> dict:
     out["resumed"] = run_script("train.py", "-resume", stopped.group(2), "-max_epochs", end_epochs, cwd=folder,
                                 timeout=300)
     if end_epochs != 2:  # the signal came late: an uninterrupted reference to the same end
-        out["reference"] = r.train(f"{folder_name}_reference", *common(r.data), *shape("lstm"), "-max_epochs",
-                                   end_epochs)
+        out["reference"] = run_train(r, f"{folder_name}_reference", *common(r), *shape("lstm"), "-max_epochs",
+                                     end_epochs)
         out["reference_folder"] = r.root / f"{folder_name}_reference"
     return out
 
@@ -309,7 +296,7 @@ def double_interrupt(r: Runs) -> dict:
     """SIGINT, then a second SIGINT the moment the next checkpoint write begins (every iteration
     writes one of ~25 MB, so the second signal lands inside the write)."""
     folder = r.folder("double")
-    run = start_train(folder, *common(r.data), *shape("lstm", BIG), "-max_epochs", 1000, "-eval_val_every", 1)
+    run = start_train(folder, *common(r), *shape("lstm", BIG), "-max_epochs", 1000, "-eval_val_every", 1)
     run.wait_for(progress_at_least(2))
     known = set(os.listdir(folder / "cv"))
     run.process.send_signal(signal.SIGINT)
@@ -325,7 +312,7 @@ def kill_during_write(r: Runs, trial: int, delay: float | None) -> dict:
     than noticing the file) or after `delay` seconds (anywhere). Returns what the folder held."""
     folder = r.folder(f"kill{trial}")
     cv = folder / "cv"
-    run = start_train(folder, *common(r.data), *shape("lstm", BIG), "-max_epochs", 1000, "-eval_val_every", 1,
+    run = start_train(folder, *common(r), *shape("lstm", BIG), "-max_epochs", 1000, "-eval_val_every", 1,
                       "-print_every", 1000)
     line = run.wait_for(lambda text: text.startswith("saved checkpoint "))
     out = {"folder": folder, "first": folder / line.split()[-1] if line else None}
@@ -353,7 +340,7 @@ def disk_full(r: Runs) -> dict:
     if mount.returncode != 0:
         return {"skip": f"cannot mount a tmpfs: {mount.stderr.strip()}"}
     try:
-        run = start_train(folder, *common(r.data), *shape("lstm", 24), "-max_epochs", 2, "-eval_val_every", 1,
+        run = start_train(folder, *common(r), *shape("lstm", 24), "-max_epochs", 2, "-eval_val_every", 1,
                           "-print_every", 1000)
         line = run.wait_for(lambda text: text.startswith("saved checkpoint "))
         first = folder / line.split()[-1] if line else None
@@ -366,33 +353,25 @@ def disk_full(r: Runs) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("resume")
-    data, other = root / "data", root / "other"
-    for folder, text in ((data, TEXT), (other, TEXT)):
+    for folder in (root / "data", root / "other"):  # the text, and the same text in another folder
         folder.mkdir()
-        (folder / "input.txt").write_text(text, encoding="utf-8")
+        (folder / "input.txt").write_text(TEXT, encoding="utf-8")
         load_data_dir(str(folder), log=lambda _: None)  # the cache, built once before runs read it together
-    r = Runs(root, data, other)
-    r.chain("lstm", chain_lstm)
-    r.chain("extend", chain_extend)
-    r.chain("sigint", interrupt, "sigint", signal.SIGINT)
-    r.chain("sigterm", interrupt, "sigterm", signal.SIGTERM)
-    r.chain("gru", chain_other_model, "gru")
-    r.chain("rnn", chain_other_model, "rnn")
-    r.chain("bf16", chain_bf16)
-    r.chain("kill0", kill_during_write, 0, None)
-    r.chain("kill1", kill_during_write, 1, 0.35)
-    r.chain("double", double_interrupt)
-    r.chain("full", disk_full)
-    yield r
-    r.pool.shutdown(wait=True)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (result.stdout[-1500:], result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    return result
+    with Runs(workers=3, root=root) as r:
+        r.submit("lstm", chain_lstm, r)
+        r.submit("extend", chain_extend, r)
+        r.submit("sigint", interrupt, r, "sigint", signal.SIGINT)
+        r.submit("sigterm", interrupt, r, "sigterm", signal.SIGTERM)
+        r.submit("gru", chain_other_model, r, "gru")
+        r.submit("rnn", chain_other_model, r, "rnn")
+        r.submit("bf16", chain_bf16, r)
+        r.submit("kill0", kill_during_write, r, 0, None)
+        r.submit("kill1", kill_during_write, r, 1, 0.35)
+        r.submit("double", double_interrupt, r)
+        r.submit("full", disk_full, r)
+        yield r
 
 
 # ---- resume equality ------------------------------------------------------------------------------
@@ -478,7 +457,7 @@ def test_conflicting_shape_data_or_seed_is_an_error(runs, option, value, tmp_pat
     import train
 
     ok(runs["lstm"]["A"])
-    value = str(runs.other) if value == "OTHER" else value
+    value = str(runs.folder("other")) if value == "OTHER" else value
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as error:
         train.main(["-resume", str(runs.root / "A_lstm" / "cv" / name(N_TRAIN)), f"-{option}", value])
@@ -510,7 +489,7 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(runs, which, status):
     assert_same_run_state(reference_cv / name(out["end"]), out["folder"] / "cv" / name(out["end"]))
     one_go = losses(reference.stdout)
     both = {**losses(out["stdout"]), **losses(resumed.stdout)}
-    assert both == {i: loss for i, loss in one_go.items()}
+    assert both == one_go
     assert without_seconds(read_log(out["folder"] / "cv" / "lm_log.csv")) == \
         without_seconds(read_log(reference_cv / "lm_log.csv"))
 
@@ -663,16 +642,17 @@ def malicious_runs(runs, tmp_path_factory):
     commands = {
         "sample_inside": ("sample.py", paths["inside_checkpoint"], "-gpuid", -1),
         "resume_inside": ("train.py", "-resume", paths["inside_checkpoint"]),
-        "init_from_inside": ("train.py", "-data_dir", runs.data, "-batch_size", BATCH, "-seq_length", SEQ,
+        "init_from_inside": ("train.py", "-data_dir", runs.folder("data"), "-batch_size", BATCH, "-seq_length", SEQ,
                              "-gpuid", -1, "-max_epochs", 0.1, "-init_from", paths["inside_checkpoint"]),
     }
-    results = {key: runs.pool.submit(run_script, *command, cwd=folder) for key, command in commands.items()}
-    return {key: future.result() for key, future in results.items()}, marker, paths, folder
+    for key, command in commands.items():
+        runs.start(key, *command, cwd=folder)
+    return {key: runs[key] for key in commands}, marker, folder
 
 
 @pytest.mark.parametrize("command", ["sample_inside", "resume_inside", "init_from_inside"])
 def test_scripts_refuse_code_in_checkpoints(malicious_runs, command):
-    results, marker, paths, folder = malicious_runs
+    results, marker, folder = malicious_runs
     assert_user_error(results[command], ".pt")
     assert not marker.exists(), f"{command} ran code from the checkpoint"
     assert not (folder / "cv").exists()

@@ -1,16 +1,18 @@
-"""sample.py as a user runs it (SPEC §2.6), plus in-process checks of the distribution it draws
-from, its greedy path, its memory use, and the single-step path it relies on (SPEC §3).
+"""sample.py as a user runs it (docs/behaviour.md §2.6), plus in-process checks of the distribution
+it draws from, its greedy path, its memory use, and the single-step path it relies on
+(docs/behaviour.md §3).
 
 Each sample.py run is a subprocess that spends a second or two importing torch, so the module
 fixture `runs` starts all of them at once on a small thread pool as soon as the checkpoints are
 built, and each test waits for the runs it checks. Running a single test still starts them all.
 """
 import io
+import itertools
 import math
 import os
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, TINY_TEXT, assert_user_error
 from model import CharRNN
+from runner import Runs, ok
 from util.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 import sample
@@ -145,7 +148,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["prime_ascii"] = folder / "prime.txt"
     paths["prime_ascii"].write_bytes(PRIME.encode())
     paths["prime_cjk"] = folder / "prime_cjk.txt"
-    paths["prime_cjk"].write_bytes("甄士隐\n贾雨村".encode("utf-8"))
+    paths["prime_cjk"].write_bytes("甄士隐\n贾雨村".encode())
     paths["missing"] = folder / "no_such_file.pt"
     return paths
 
@@ -179,12 +182,12 @@ def cases(f: dict[str, Path]) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def runs(files) -> dict[str, Future]:
-    pool = ThreadPoolExecutor(max_workers=3)
-    futures = {name: pool.submit(run_sample, *args) for name, args in cases(files).items()}
-    futures["cold"] = pool.submit(cold_run, files["ascii"])
-    yield futures
-    pool.shutdown(cancel_futures=True)
+def runs(files: dict[str, Path]) -> Iterator[Runs]:
+    with Runs(workers=3) as r:
+        for name, args in cases(files).items():
+            r.submit(name, run_sample, *args)
+        r.submit("cold", cold_run, files["ascii"])
+        yield r
 
 
 def assert_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -194,19 +197,12 @@ def assert_error_line(result: subprocess.CompletedProcess, *fragments: str) -> s
     return assert_user_error(text, *fragments)
 
 
-def ok(runs: dict[str, Future], name: str) -> subprocess.CompletedProcess:
-    result = runs[name].result()
-    assert result.returncode == 0, (name, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
-
-
 # ---- the greedy reference ----------------------------------------------------------------------------
 
 def greedy_reference(path: Path, prime: str, length: int) -> tuple[str, float]:
     """Argmax decoding with the model's plain per-step graph (forward_steps), following the rules of
-    SPEC §2.6: the primetext primes the state; without one, every logit is 0 and the argmax is the
-    first vocabulary entry. Returns the text after the primetext and the smallest gap between the
+    docs/behaviour.md §2.6: the primetext primes the state; without one, every logit is 0 and the
+    argmax is the first vocabulary entry. Returns the text after the primetext and the smallest gap between the
     best and second-best logit over the decisions taken after a primetext."""
     checkpoint = load_checkpoint(str(path))
     tokens = checkpoint["vocab"]["tokens"]
@@ -244,21 +240,21 @@ def cold_run(path: Path) -> subprocess.CompletedProcess:
 # ---- determinism and output layout -------------------------------------------------------------------
 
 def test_same_seed_same_text_different_seed_different_text(runs):
-    first, again = ok(runs, "seed1").stdout, ok(runs, "seed1_again").stdout
-    other = ok(runs, "seed2_verbose").stdout
+    first, again = ok(runs["seed1"]).stdout, ok(runs["seed1_again"]).stdout
+    other = ok(runs["seed2_verbose"]).stdout
     assert first == again
     assert first != other
 
 
 def test_stdout_holds_exactly_primetext_generated_characters_and_newline(runs):
     for name in ("seed1", "seed2_verbose"):
-        result = ok(runs, name)
+        result = ok(runs[name])
         text = result.stdout.decode("utf-8")
         assert text.startswith(PRIME) and text.endswith("\n")
         assert len(text) == len(PRIME) + 200 + 1  # -length counts generated characters only
         assert set(text[len(PRIME):-1]) <= set(ASCII_TOKENS)
-    assert ok(runs, "seed1").stderr == ""  # -verbose 0, -gpuid -1: nothing to say
-    diagnostics = ok(runs, "seed2_verbose").stderr
+    assert ok(runs["seed1"]).stderr == ""  # -verbose 0, -gpuid -1: nothing to say
+    diagnostics = ok(runs["seed2_verbose"]).stderr
     assert "loaded" in diagnostics and "lstm" in diagnostics  # diagnostics go to stderr, not stdout
 
 
@@ -267,7 +263,7 @@ def test_zero_length_without_primetext_prints_only_the_newline(files, monkeypatc
 
 
 def test_primefile_is_the_same_as_primetext(runs):
-    assert ok(runs, "seed1_primefile").stdout == ok(runs, "seed1").stdout
+    assert ok(runs["seed1_primefile"]).stdout == ok(runs["seed1"]).stdout
 
 
 # ---- argmax and temperature --------------------------------------------------------------------------
@@ -275,29 +271,30 @@ def test_primefile_is_the_same_as_primetext(runs):
 def test_argmax_without_primetext_starts_from_the_first_vocabulary_entry(runs, files):
     expected, _ = greedy_reference(files["ascii"], "", 100)
     assert expected[0] == ASCII_TOKENS[0] == "\n"
-    assert ok(runs, "argmax").stdout.decode("utf-8") == expected + "\n"
+    assert ok(runs["argmax"]).stdout.decode("utf-8") == expected + "\n"
 
 
 def test_argmax_with_primetext_matches_the_per_step_graph(runs, files):
     expected, gap = greedy_reference(files["ascii"], PRIME, 100)
     assert gap > 1e-4, "the reference decode has a near tie; the comparison would hinge on rounding"
-    assert ok(runs, "argmax_prime").stdout.decode("utf-8") == PRIME + expected + "\n"
+    assert ok(runs["argmax_prime"]).stdout.decode("utf-8") == PRIME + expected + "\n"
     assert len(set(expected)) > 3, f"a degenerate model makes this test weak: {expected!r}"
 
 
 def test_very_low_temperature_samples_the_argmax_text(runs, files):
     expected, _ = greedy_reference(files["ascii"], PRIME, 100)
-    result = ok(runs, "cold")
+    result = ok(runs["cold"])
     assert result.temperature < 1
     assert result.stdout.decode("utf-8") == PRIME + expected + "\n"
-    warm = ok(runs, "seed1").stdout.decode("utf-8")  # while at temperature 1 it does not
+    warm = ok(runs["seed1"]).stdout.decode("utf-8")  # while at temperature 1 it does not
     assert warm[:len(PRIME) + 100] != PRIME + expected
 
 
 def test_temperature_reshapes_the_distribution_sample_draws_from(files, monkeypatch):
     """Capture the probabilities sample.py hands to torch.multinomial for the first character after
-    the primetext, at several temperatures: they are softmax(log_softmax(logits) / T) (SPEC §2.6),
-    their entropy grows with T, T -> 0 puts all the mass on the argmax, large T is near uniform."""
+    the primetext, at several temperatures: they are softmax(log_softmax(logits) / T)
+    (docs/behaviour.md §2.6), their entropy grows with T, T -> 0 puts all the mass on the argmax,
+    large T is near uniform."""
     drawn = []
     real_multinomial = torch.multinomial
 
@@ -319,12 +316,12 @@ def test_temperature_reshapes_the_distribution_sample_draws_from(files, monkeypa
         logits, _ = model.forward_steps(prime, model.zero_state(1))
         log_p = F.log_softmax(logits[0, -1].double(), dim=-1)
     vocab_size = len(ASCII_TOKENS)
-    for temperature, p in zip(temperatures, drawn):
+    for temperature, p in zip(temperatures, drawn, strict=True):
         assert p.shape == (1, vocab_size)
         expected = F.softmax(log_p / temperature, dim=-1)
         assert torch.allclose(p[0].double(), expected, atol=1e-5), temperature
     entropies = [entropy(p) for p in drawn]
-    assert all(a < b for a, b in zip(entropies, entropies[1:])), entropies
+    assert all(a < b for a, b in itertools.pairwise(entropies)), entropies
     argmax = int(log_p.argmax())
     assert drawn[0][0, argmax] > 0.999 and entropies[0] < 0.01
     assert (drawn[-1][0] - 1 / vocab_size).abs().max() < 1e-3
@@ -334,7 +331,7 @@ def test_temperature_reshapes_the_distribution_sample_draws_from(files, monkeypa
 # ---- encodings ------------------------------------------------------------------------------------
 
 def test_cjk_model_writes_valid_utf8_of_the_right_length_after_a_utf8_primefile(runs):
-    text = ok(runs, "cjk").stdout.decode("utf-8")  # strict: raises on invalid UTF-8
+    text = ok(runs["cjk"]).stdout.decode("utf-8")  # strict: raises on invalid UTF-8
     prime = "甄士隐\n贾雨村"
     assert text.startswith(prime) and text.endswith("\n")
     assert len(text) == len(prime) + 60 + 1
@@ -342,8 +339,8 @@ def test_cjk_model_writes_valid_utf8_of_the_right_length_after_a_utf8_primefile(
 
 
 def test_byte_model_writes_raw_bytes(runs):
-    data = ok(runs, "bytes").stdout
-    prime = "é".encode("utf-8")  # a byte model's primetext is the bytes of its UTF-8 encoding
+    data = ok(runs["bytes"]).stdout
+    prime = "é".encode()  # a byte model's primetext is the bytes of its UTF-8 encoding
     assert data.startswith(prime) and data.endswith(b"\n")
     assert len(data) == len(prime) + 300 + 1  # one byte per token: no re-encoding of chr(b)
     assert len(data.decode("latin-1")) == len(prime) + 300 + 1
@@ -392,11 +389,11 @@ def test_checkpoint_saved_on_a_gpu_loads_on_the_cpu(runs, files):
     if not torch.cuda.is_available():  # the file really asks for CUDA when loaded naively
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(files["gpu"], weights_only=True)
-    assert ok(runs, "gpu_saved").stdout == ok(runs, "argmax_prime").stdout
+    assert ok(runs["gpu_saved"]).stdout == ok(runs["argmax_prime"]).stdout
 
 
 def test_gpuid_0_without_a_gpu_falls_back_to_the_cpu_with_a_notice(runs):
-    result = ok(runs, "gpuid0")
+    result = ok(runs["gpuid0"])
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         assert NO_GPU_NOTICE in result.stderr
         assert NO_GPU_NOTICE.encode() not in result.stdout
@@ -407,7 +404,7 @@ def test_gpuid_0_without_a_gpu_falls_back_to_the_cpu_with_a_notice(runs):
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def test_missing_checkpoint(runs, files):
-    line = assert_error_line(runs["missing"].result())
+    line = assert_error_line(runs["missing"])
     path = files["missing"]
     assert line == f"Error: File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?"
 
@@ -423,13 +420,13 @@ def test_missing_checkpoint(runs, files):
     ("no_primefile", ["-primefile", "no_such_file.txt"]),
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
-    result = runs[name].result()
+    result = runs[name]
     assert_error_line(result, *fragments)
     assert result.stdout == b""
 
 
 def test_skip_unk_drops_unknown_primetext_characters_with_a_warning(runs):
-    result = ok(runs, "skip_unk")
+    result = ok(runs["skip_unk"])
     assert "warning" in result.stderr and "'x'" in result.stderr and "'Q'" in result.stderr
     text = result.stdout.decode("utf-8")
     assert text.startswith("Fist u") and len(text) == len("Fist u") + 20 + 1
@@ -476,5 +473,5 @@ def test_step_equals_the_per_step_graph(model_type, training):
             torch.manual_seed(t)
             reference_logits, reference = model.forward_steps(tokens[:, t:t + 1], reference)
             torch.testing.assert_close(fast_logits, reference_logits[:, 0], rtol=0, atol=0)
-            for a, b in zip(fast, reference):
+            for a, b in zip(fast, reference, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)

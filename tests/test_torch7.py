@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from t7_graphs import BUILDERS, NNGraph, array_part, build_rnn, char_rnn_step, log_softmax, sigmoid
 from t7_writer import TensorView, write_t7
 from util.torch7 import TableKey, TorchObject, _tokens, load_char_rnn_checkpoint, read_t7
+
 
 # char-rnn's loader caches (vocab.t7, data.t7): read here only to check the reader on real files.
 def load_char_rnn_vocab(path: str | Path) -> list[str]:
@@ -40,10 +41,6 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available")
     return path
-
-
-def array_part(table: dict) -> list:
-    return [table[i] for i in range(1, 1 + sum(isinstance(k, int) for k in table))]
 
 
 # --- the reader on python-torchfile's fixtures (8-byte longs) ---------------------------------
@@ -268,7 +265,7 @@ def test_vocab_fixtures():
 def test_data_cache_written_here(tmp_path):
     write_t7(tmp_path / "data.t7", np.array([1, 3, 2, 3], np.uint8), long_size=4)
     np.testing.assert_array_equal(load_char_rnn_data(tmp_path / "data.t7"), [0, 2, 1, 2])
-    with pytest.raises(ValueError, match="data.t7"):
+    with pytest.raises(ValueError, match=r"data\.t7"):
         load_char_rnn_data(FIXTURES / "doubletensor.t7")
 
 
@@ -304,170 +301,6 @@ def test_stock_checkpoint():
         assert tensor.dtype == torch.float32 and tensor.is_contiguous()
 
 
-class NNGraph:
-    """Builds the forward graph of an nngraph gModule as char-rnn's model/*.lua do, with each
-    Linear's parameters as views of one flat storage (as model_utils.combine_all_parameters
-    leaves them)."""
-
-    def __init__(self, rng: np.random.Generator, dtype: type) -> None:
-        self.rng, self.dtype = rng, dtype
-        self.nodes: list[TorchObject] = []
-        self.linears: list[TorchObject] = []
-
-    def node(self, data: dict, *inputs: TorchObject) -> TorchObject:
-        data.setdefault("annotations", {})
-        data["mapindex"] = {}
-        node = TorchObject("nngraph.Node")
-        node.attrs = {"data": data, "children": {}, "id": len(self.nodes) + 1}
-        for i, parent in enumerate(inputs, 1):
-            data["mapindex"][i] = parent.attrs["data"]
-            data["mapindex"][TableKey(parent.attrs["data"])] = i
-            children = parent.attrs["children"]
-            children[len(array_part(children)) + 1] = node
-            children[node] = len(array_part(children))
-        self.nodes.append(node)
-        return node
-
-    def __call__(self, typename: str, *inputs: TorchObject, **fields: object) -> TorchObject:
-        module = TorchObject(typename)
-        module.attrs = dict(fields)
-        return self.node({"module": module}, *inputs)
-
-    def linear(self, n_in: int, n_out: int, x: TorchObject, name: str | None = None) -> tuple:
-        weight = self.rng.uniform(-0.5, 0.5, (n_out, n_in)).astype(self.dtype)
-        bias = self.rng.uniform(-0.5, 0.5, n_out).astype(self.dtype)
-        node = self("nn.Linear", x, weight=weight, bias=bias)
-        if name:
-            node.attrs["data"]["annotations"]["name"] = name
-        self.linears.append(node.attrs["data"]["module"])
-        return node, (weight, bias)
-
-    def inputs(self, n: int) -> list[TorchObject]:
-        innode = self.node({"input": {}})
-        mnode = self.node({"nSplitOutputs": n}, innode)
-        return [self("nn.Identity", self.node({"selectindex": i, "input": {}}, mnode)) for i in range(1, n + 1)]
-
-    def split(self, node: TorchObject, n: int) -> list[TorchObject]:
-        mnode = self.node({"nSplitOutputs": n}, node)
-        return [self.node({"selectindex": i, "input": {}}, mnode) for i in range(1, n + 1)]
-
-    def gmodule(self, outputs: list[TorchObject]) -> TorchObject:
-        out_fg = self.node({"input": {}}, *outputs)
-        out_bg = TorchObject("nngraph.Node")  # the backward graph's twin shares the data table
-        out_bg.attrs = {"data": out_fg.attrs["data"], "children": {}, "id": 1}
-        flat = np.concatenate([m.attrs[k].ravel() for m in self.linears for k in ("weight", "bias")])
-        offset = 0
-        for module in self.linears:
-            for key in ("weight", "bias"):
-                array = module.attrs[key]
-                strides = (array.shape[1], 1) if array.ndim == 2 else (1,)
-                module.attrs[key] = TensorView(flat, array.shape, strides, offset)
-                offset += array.size
-        order = self.rng.permutation(len(self.nodes))  # the converter must not rely on node order
-        gmodule = TorchObject("nn.gModule")
-        gmodule.attrs = {"forwardnodes": [self.nodes[i] for i in order], "outnode": out_bg,
-                         "innode": self.nodes[0], "nInputs": len(outputs)}
-        return gmodule
-
-
-def dropout(g: NNGraph, x: TorchObject, p: float) -> TorchObject:
-    return g("nn.Dropout", x, p=p) if p > 0 else x
-
-
-def build_lstm(g: NNGraph, V: int, H: int, n: int, p: float) -> tuple[TorchObject, dict]:
-    """model/LSTM.lua; returns the gModule and the Linears' (weight, bias) by role."""
-    inputs, outputs, w = g.inputs(2 * n + 1), [], {}
-    for L in range(1, n + 1):
-        prev_c, prev_h = inputs[2 * L - 1], inputs[2 * L]
-        x = g("OneHot", inputs[0], outputSize=V) if L == 1 else dropout(g, outputs[2 * L - 3], p)
-        i2h, w[L, "i2h"] = g.linear(V if L == 1 else H, 4 * H, x, f"i2h_{L}")
-        h2h, w[L, "h2h"] = g.linear(H, 4 * H, prev_h, f"h2h_{L}")
-        reshaped = g("nn.Reshape", g("nn.CAddTable", i2h, h2h), size=[4, H])
-        n1, n2, n3, n4 = g.split(g("nn.SplitTable", reshaped, dimension=2), 4)
-        in_gate, forget_gate, out_gate = g("nn.Sigmoid", n1), g("nn.Sigmoid", n2), g("nn.Sigmoid", n3)
-        in_transform = g("nn.Tanh", n4)
-        next_c = g("nn.CAddTable", g("nn.CMulTable", forget_gate, prev_c), g("nn.CMulTable", in_gate, in_transform))
-        next_h = g("nn.CMulTable", out_gate, g("nn.Tanh", next_c))
-        outputs += [next_c, next_h]
-    proj, w["decoder"] = g.linear(H, V, dropout(g, outputs[-1], p), "decoder")
-    return g.gmodule(outputs + [g("nn.LogSoftMax", proj)]), w
-
-
-def build_gru(g: NNGraph, V: int, H: int, n: int, p: float) -> tuple[TorchObject, dict]:
-    """model/GRU.lua (no annotations, as there)."""
-    inputs, outputs, w = g.inputs(n + 1), [], {}
-    for L in range(1, n + 1):
-        prev_h = inputs[L]
-        x = g("OneHot", inputs[0], outputSize=V) if L == 1 else dropout(g, outputs[L - 2], p)
-        size = V if L == 1 else H
-
-        def input_sum(role: str) -> TorchObject:
-            i2h, w[L, role + "x"] = g.linear(size, H, x)
-            h2h, w[L, role + "h"] = g.linear(H, H, prev_h)
-            return g("nn.CAddTable", i2h, h2h)
-
-        update_gate = g("nn.Sigmoid", input_sum("z"))
-        reset_gate = g("nn.Sigmoid", input_sum("r"))
-        gated_hidden = g("nn.CMulTable", reset_gate, prev_h)
-        p2, w[L, "h"] = g.linear(H, H, gated_hidden)
-        p1, w[L, "x"] = g.linear(size, H, x)
-        hidden_candidate = g("nn.Tanh", g("nn.CAddTable", p1, p2))
-        zh = g("nn.CMulTable", update_gate, hidden_candidate)
-        one_minus_z = g("nn.AddConstant", g("nn.MulConstant", update_gate, constant_scalar=-1), constant_scalar=1)
-        outputs.append(g("nn.CAddTable", zh, g("nn.CMulTable", one_minus_z, prev_h)))
-    proj, w["decoder"] = g.linear(H, V, dropout(g, outputs[-1], p))
-    return g.gmodule(outputs + [g("nn.LogSoftMax", proj)]), w
-
-
-def build_rnn(g: NNGraph, V: int, H: int, n: int, p: float) -> tuple[TorchObject, dict]:
-    """model/RNN.lua."""
-    inputs, outputs, w = g.inputs(n + 1), [], {}
-    for L in range(1, n + 1):
-        x = g("OneHot", inputs[0], outputSize=V) if L == 1 else dropout(g, outputs[L - 2], p)
-        i2h, w[L, "i2h"] = g.linear(V if L == 1 else H, H, x)
-        h2h, w[L, "h2h"] = g.linear(H, H, inputs[L])
-        outputs.append(g("nn.Tanh", g("nn.CAddTable", i2h, h2h)))
-    proj, w["decoder"] = g.linear(H, V, dropout(g, outputs[-1], p))
-    return g.gmodule(outputs + [g("nn.LogSoftMax", proj)]), w
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-z))
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max()
-    return z - np.log(np.exp(z).sum())
-
-
-def char_rnn_step(model: str, w: dict, token: int, state: list, n: int) -> tuple[list, np.ndarray]:
-    """One time step with char-rnn's equations and the Linears by role; `token` 1-based."""
-    def lin(key, v):
-        weight, bias = w[key]
-        return weight.astype(np.float64) @ v + bias
-    x = np.eye(w[1, "i2h" if model != "gru" else "zx"][0].shape[1])[token - 1]
-    new_state = []
-    for L in range(1, n + 1):
-        if model == "lstm":
-            c, h = state[2 * L - 2], state[2 * L - 1]
-            gates = (lin((L, "i2h"), x) + lin((L, "h2h"), h)).reshape(4, -1)
-            i, f, o, g = sigmoid(gates[0]), sigmoid(gates[1]), sigmoid(gates[2]), np.tanh(gates[3])
-            c = f * c + i * g
-            x = o * np.tanh(c)
-            new_state += [c, x]
-        elif model == "gru":
-            h = state[L - 1]
-            z = sigmoid(lin((L, "zx"), x) + lin((L, "zh"), h))
-            r = sigmoid(lin((L, "rx"), x) + lin((L, "rh"), h))
-            candidate = np.tanh(lin((L, "x"), x) + lin((L, "h"), r * h))
-            x = z * candidate + (1 - z) * h
-            new_state.append(x)
-        else:
-            x = np.tanh(lin((L, "i2h"), x) + lin((L, "h2h"), state[L - 1]))
-            new_state.append(x)
-    return new_state, log_softmax(lin("decoder", x))
-
-
 def project_step(model: str, sd: dict, token: int, state: list, n: int, H: int) -> tuple[list, np.ndarray]:
     """One time step with this project's equations and parameter names; `token` 0-based."""
     p = {name: t.double().numpy() for name, t in sd.items()}
@@ -498,12 +331,18 @@ def project_step(model: str, sd: dict, token: int, state: list, n: int, H: int) 
     return new_state, log_softmax(lin("decoder", x))
 
 
+def stacked(*linears: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The (weight, bias) of one Linear doing the work of several, their rows one after another."""
+    return np.concatenate([weight for weight, _ in linears]), np.concatenate([bias for _, bias in linears])
+
+
 def expected_state_dict(model: str, w: dict, n: int) -> dict:
+    """The state_dict the converter must make of the Linears `w` (by role) of a char-rnn model."""
     expected = {"decoder": w["decoder"]}
     for L in range(1, n + 1):
         if model == "gru":
-            expected[f"layers.{L - 1}.i2h"] = [np.concatenate(b) for b in zip(w[L, "zx"], w[L, "rx"], w[L, "x"])]
-            expected[f"layers.{L - 1}.h2h"] = [np.concatenate(b) for b in zip(w[L, "zh"], w[L, "rh"])]
+            expected[f"layers.{L - 1}.i2h"] = stacked(w[L, "zx"], w[L, "rx"], w[L, "x"])
+            expected[f"layers.{L - 1}.h2h"] = stacked(w[L, "zh"], w[L, "rh"])
             expected[f"layers.{L - 1}.h2h_candidate"] = w[L, "h"]
         else:
             expected[f"layers.{L - 1}.i2h"], expected[f"layers.{L - 1}.h2h"] = w[L, "i2h"], w[L, "h2h"]
@@ -526,7 +365,7 @@ def test_hand_made_checkpoint(tmp_path, model, H, n, p, cuda, long_size):
     rng = np.random.default_rng(len(model) * 100 + H * 10 + n)
     g = NNGraph(rng, np.float32 if cuda else np.float64)
     V = len(TOKENS)
-    gmodule, w = {"lstm": build_lstm, "gru": build_gru, "rnn": build_rnn}[model](g, V, H, n, p)
+    gmodule, w = BUILDERS[model](g, V, H, n, p)
     write_t7(tmp_path / "cp.t7", {
         "protos": {"rnn": gmodule, "criterion": TorchObject("nn.ClassNLLCriterion")},
         "opt": {"model": model, "rnn_size": H, "num_layers": n, "dropout": p, "seq_length": 50,
@@ -539,7 +378,7 @@ def test_hand_made_checkpoint(tmp_path, model, H, n, p, cuda, long_size):
     assert (checkpoint["model_type"], checkpoint["rnn_size"], checkpoint["num_layers"]) == (model, H, n)
     assert checkpoint["tokens"] == TOKENS and checkpoint["dropout"] == p
     assert (checkpoint["iteration"], checkpoint["epoch"], checkpoint["val_loss"]) == (3, 0.75, 2.4)
-    assert checkpoint["train_losses"] == [3.0, 2.5, 2.25] and checkpoint["val_losses"] == [2.4]
+    assert checkpoint["train_losses"] == [3.0, 2.5, 2.25] and checkpoint["val_losses"] == [[3, 2.4]]
     assert checkpoint["opt"]["seq_length"] == 50 and checkpoint["opt"]["learning_rate"] == 2e-3
 
     state_dict = checkpoint["state_dict"]
@@ -554,7 +393,7 @@ def test_hand_made_checkpoint(tmp_path, model, H, n, p, cuda, long_size):
         ref_state, ref_logp = char_rnn_step(model, w, token + 1, state, n)
         new_state, logp = project_step(model, state_dict, token, state, n, H)
         np.testing.assert_allclose(logp, ref_logp, atol=1e-5)
-        for ours, theirs in zip(new_state, ref_state):
+        for ours, theirs in zip(new_state, ref_state, strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
@@ -594,7 +433,7 @@ def test_long_size_and_device_do_not_change_the_conversion(tmp_path, model):
     for long_size in (8, 4):
         for cuda in (False, True):
             g = NNGraph(np.random.default_rng(11), np.float32)  # float32: a CudaTensor holds floats
-            gmodule, _ = {"lstm": build_lstm, "gru": build_gru, "rnn": build_rnn}[model](g, len(TOKENS), 4, 2, 0.0)
+            gmodule, _ = BUILDERS[model](g, len(TOKENS), 4, 2, 0.0)
             path = tmp_path / f"{long_size}{cuda}.t7"
             write_t7(path, {"protos": {"rnn": gmodule}, "vocab": {t: i for i, t in enumerate(TOKENS, 1)},
                             "opt": {"model": model, "rnn_size": 4, "num_layers": 2}}, long_size=long_size, cuda=cuda)
