@@ -19,8 +19,12 @@ demo: $(VENV)/installed
 	$(PY) train.py -max_epochs 5 -print_every 100 -savefile demo
 	$(PY) sample.py cv/lm_demo_epoch5.pt -length 600 -temperature 0.8
 
+# Lint (ruff), types (mypy), then the tests; ruff and mypy read pyproject.toml and print one line per
+# finding and nothing else (mypy: one line when there are none).
 test: $(VENV)/installed
+	$(PY) -m ruff check --quiet --output-format concise .
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) data/input.h5 data/input.json data/tinyshakespeare/input.h5 data/tinyshakespeare/input.json
+	rm -rf $(VENV) .mypy_cache .ruff_cache data/input.h5 data/input.json data/tinyshakespeare/input.h5 data/tinyshakespeare/input.json

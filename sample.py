@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
                 token = torch.multinomial(probabilities, 1)[:, 0]
             else:
                 token = logits.argmax(dim=-1)
-            out.write(encode(vocab.tokens[token.item()]))
+            out.write(encode(vocab.tokens[int(token.item())]))
             out.flush()
             logits, state = model.step(token, state)
     out.write(encode("\n"))

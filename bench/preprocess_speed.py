@@ -80,9 +80,10 @@ def own_peak_rss() -> int | None:
 def worker(kind: str, path: str, h5: str, js: str) -> None:
     import h5py  # noqa: F401  the same imports for every kind, so the baseline is comparable
     import numpy  # noqa: F401
+
     import util.corpus  # noqa: F401
 
-    report = {"rss_after_imports": own_peak_rss()}
+    report: dict[str, float | None] = {"rss_after_imports": own_peak_rss()}
     if kind != "baseline":
         start, cpu = time.perf_counter(), time.process_time()
         report.update((run_ours if kind == "ours" else run_naive)(path, h5, js))
@@ -97,6 +98,7 @@ def measure(kind: str, path: str, folder: str) -> dict:
     h5, js = os.path.join(folder, f"{kind}.h5"), os.path.join(folder, f"{kind}.json")
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", kind, path, h5, js],
                              stdout=subprocess.PIPE, cwd=REPO)
+    assert child.stdout is not None  # stdout=PIPE
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import CharRNN  # noqa: E402
+from model import CharRNN
 
 CONFIGS = [(2, 128, 65), (3, 512, 65), (2, 256, 2583)]  # (layers, rnn_size, vocabulary)
 TEMPERATURE = 0.8
@@ -35,13 +35,14 @@ def baseline_sampler(num_layers: int, rnn_size: int, vocab_size: int):
 
     def run(chars: int, deadline: float) -> list[int]:
         h = torch.zeros(num_layers, 1, rnn_size)
-        state, token, out = (h, h.clone()), torch.zeros(1, dtype=torch.long), []
+        state, token = (h, h.clone()), torch.zeros(1, dtype=torch.long)
+        out: list[int] = []
         while len(out) < chars and time.perf_counter() < deadline:
             x = F.one_hot(token.view(1, 1), vocab_size).float()
             top, state = lstm(x, state)
             logits = decoder(top[0])
             token = torch.multinomial(torch.softmax(logits / TEMPERATURE, dim=-1), 1)[:, 0]
-            out.append(token.item())
+            out.append(int(token.item()))
         return out
     return run
 
@@ -53,11 +54,11 @@ def our_sampler(num_layers: int, rnn_size: int, vocab_size: int):
     def run(chars: int, deadline: float) -> list[int]:  # sample.py's generation loop
         state = model.zero_state(1)
         logits, state = model.step(torch.zeros(1, dtype=torch.long), state)
-        out = []
+        out: list[int] = []
         while len(out) < chars and time.perf_counter() < deadline:
             probabilities = torch.softmax(logits / TEMPERATURE, dim=-1)
             token = torch.multinomial(probabilities, 1)[:, 0]
-            out.append(token.item())
+            out.append(int(token.item()))
             logits, state = model.step(token, state)
         return out
     return run
@@ -76,7 +77,9 @@ def main() -> None:
     parser.add_argument("-chars", type=int, default=1500, help="characters per timed round")
     parser.add_argument("-repeats", type=int, default=3, help="timed rounds per sampler")
     parser.add_argument("-seconds", type=float, default=4.0, help="a round stops early after this long")
-    parser.add_argument("-threads", type=int, default=0, help="torch threads of both samplers; 0 = PyTorch's default (sample.py uses 1: -threads 1 times its setting)")
+    parser.add_argument("-threads", type=int, default=0,
+                        help="torch threads of both samplers; 0 = PyTorch's default (sample.py uses 1: -threads 1 "
+                             "times its setting)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@ element-wise gradient clamp), side by side in one run:
   nn+kept  the same nn.LSTM script in a process set up as train.py sets up its own: it shows how much
            of ours/nn.LSTM comes from that set-up (freed memory kept for reuse) and how much from the
            step itself.
-  ours     this project's step exactly as train.py runs it: train.forward_backward(model, x, y,
+  ours     this project's step exactly as train.py runs it: util.training.forward_backward(model, x, y,
            state, grad_clip), loss.item(), optimizer.step() with
            torch.optim.RMSprop(params, lr, alpha=decay_rate, eps=1e-8), in a process set up by
            util.device.configure_cpu(threads) as train.py does.
@@ -62,12 +62,14 @@ allocator (train.py with keep_freed_memory switched off).
 """
 import argparse
 import functools
+import itertools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +77,8 @@ from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import train  # noqa: E402
-from model import CharRNN  # noqa: E402
+from model import CharRNN, State  # noqa: E402
+from util import training  # noqa: E402
 from util.data import char_rnn_splits, load_data_dir  # noqa: E402
 from util.device import configure_cpu  # noqa: E402
 
@@ -93,44 +95,53 @@ TARGETS = {"2x128": 1.1, "2x256": 1.05, "3x512": 0.95, "2x256v2583": 1.8}  # our
 LEARNING_RATE, DECAY_RATE, GRAD_CLIP = 2e-3, 0.95, 5.0
 N_BATCHES = 4
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (batch, seq_length)
+Step = Callable[[], float]  # one training step, returning its loss
+Trainer = Callable[[str, int, int, int, list[Batch]], Step]  # (cell, vocabulary, layers, rnn_size, batches)
+Product = tuple[int, int, int, str, int]  # a matrix product: (m, k, n, layout, count), see lstm_products
+FlopRow = tuple[str, list[Product], float, float]  # (label, products, our step's seconds, the bound's seconds)
 
-def random_batches(vocab_size: int, batch_size: int, seq_length: int, seed: int = 0):
+
+def random_batches(vocab_size: int, batch_size: int, seq_length: int, seed: int = 0) -> list[Batch]:
     generator = torch.Generator().manual_seed(seed)
     data = torch.randint(0, vocab_size, (batch_size, N_BATCHES * seq_length + 1), generator=generator)
     return [(data[:, k * seq_length:(k + 1) * seq_length].contiguous(),
              data[:, k * seq_length + 1:(k + 1) * seq_length + 1].contiguous()) for k in range(N_BATCHES)]
 
 
-def rmsprop(params):
-    return train.rmsprop(params, LEARNING_RATE, DECAY_RATE)
+def rmsprop(params: list[nn.Parameter]) -> torch.optim.RMSprop:
+    return training.rmsprop(params, LEARNING_RATE, DECAY_RATE)
 
 
-def plain_trainer(cell: str, vocab_size: int, layers: int, size: int, batches):
+def plain_trainer(cell: str, vocab_size: int, layers: int, size: int, batches: list[Batch]) -> Step:
     """char-rnn's per-step graph, trained by a plain loop."""
     model = CharRNN(cell, vocab_size, size, layers)
     model.initialize()
     model.train()
     params = list(model.parameters())
     optimizer = rmsprop(params)
-    carry = {"state": model.zero_state(batches[0][0].shape[0]), "k": 0}
+    state = model.zero_state(batches[0][0].shape[0])
+    turns = itertools.cycle(batches)
 
     def step() -> float:
-        x, y = batches[carry["k"] % len(batches)]
-        carry["k"] += 1
-        logits, state = model.forward_steps(x, carry["state"])
+        nonlocal state
+        x, y = next(turns)
+        logits, new_state = model.forward_steps(x, state)
         loss = F.nll_loss(F.log_softmax(logits.reshape(-1, vocab_size), dim=1), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         (loss * x.shape[1]).backward()
         torch.nn.utils.clip_grad_value_(params, GRAD_CLIP)
         optimizer.step()
-        carry["state"] = tuple(part.detach() for part in state)
+        state = tuple(part.detach() for part in new_state)
         return loss.item()
     return step
 
 
-def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches, precision: str = "fp32"):
+def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches: list[Batch],
+                     precision: str = "fp32") -> Step:
     """nn.LSTM (or nn.RNN with tanh) on one-hot input, as a plain PyTorch script trains it; with
     precision bf16 its forward pass runs under bfloat16 autocast."""
+    rnn: nn.RNNBase
     if cell == "lstm":
         rnn = nn.LSTM(vocab_size, size, layers, batch_first=True)
     else:
@@ -143,43 +154,46 @@ def torch_nn_trainer(cell: str, vocab_size: int, layers: int, size: int, batches
     optimizer = rmsprop(params)
     batch_size = batches[0][0].shape[0]
     h = torch.zeros(layers, batch_size, size)
-    carry = {"state": (h, h.clone()) if cell == "lstm" else h, "k": 0}
+    state: tuple[torch.Tensor, torch.Tensor] | torch.Tensor = (h, h.clone()) if cell == "lstm" else h  # nn's hx
+    turns = itertools.cycle(batches)
 
     def step() -> float:
-        x, y = batches[carry["k"] % len(batches)]
-        carry["k"] += 1
+        nonlocal state
+        x, y = next(turns)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            top, state = rnn(F.one_hot(x, vocab_size).float(), carry["state"])
+            top, new_state = rnn(F.one_hot(x, vocab_size).float(), state)
             logits = decoder(top)
         loss = F.nll_loss(F.log_softmax(logits.reshape(-1, vocab_size).float(), dim=1), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         (loss * x.shape[1]).backward()
         torch.nn.utils.clip_grad_value_(params, GRAD_CLIP)
         optimizer.step()
-        carry["state"] = tuple(part.detach() for part in state) if cell == "lstm" else state.detach()
+        state = (new_state[0].detach(), new_state[1].detach()) if cell == "lstm" else new_state.detach()
         return loss.item()
     return step
 
 
-def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches, precision: str = "fp32"):
+def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches: list[Batch],
+                precision: str = "fp32") -> Step:
     """train.py's step: forward_backward, then the optimizer."""
     model = CharRNN(cell, vocab_size, size, layers)
     model.initialize()
     model.train()
     optimizer = rmsprop(list(model.parameters()))
-    carry = {"state": model.zero_state(batches[0][0].shape[0]), "k": 0}
+    state: State = model.zero_state(batches[0][0].shape[0])
+    turns = itertools.cycle(batches)
 
     def step() -> float:
-        x, y = batches[carry["k"] % len(batches)]
-        carry["k"] += 1
-        loss, carry["state"] = train.forward_backward(model, x, y, carry["state"], GRAD_CLIP, precision)
+        nonlocal state
+        x, y = next(turns)
+        loss, state = training.forward_backward(model, x, y, state, GRAD_CLIP, precision)
         value = loss.item()
         optimizer.step()
         return value
     return step
 
 
-def time_steps(step, iters: int) -> float:
+def time_steps(step: Callable[[], object], iters: int) -> float:
     started = time.perf_counter()
     for _ in range(iters):
         step()
@@ -188,9 +202,10 @@ def time_steps(step, iters: int) -> float:
 
 # ---- contenders in their own processes ---------------------------------------------------------------
 
-TRAINERS = {"plain": plain_trainer, "nn": torch_nn_trainer, "nn_kept": torch_nn_trainer, "ours": our_trainer,
-            "nn_bf16": functools.partial(torch_nn_trainer, precision="bf16"),
-            "ours_bf16": functools.partial(our_trainer, precision="bf16")}
+TRAINERS: dict[str, Trainer] = {
+    "plain": plain_trainer, "nn": torch_nn_trainer, "nn_kept": torch_nn_trainer, "ours": our_trainer,
+    "nn_bf16": functools.partial(torch_nn_trainer, precision="bf16"),
+    "ours_bf16": functools.partial(our_trainer, precision="bf16")}
 TRAIN_PY_SETUP = ("nn_kept", "ours", "nn_bf16", "ours_bf16")  # processes set up by configure_cpu, as train.py's
 
 
@@ -204,6 +219,7 @@ def worker(contender: str, config: str, threads: int, batch: int, seq: int) -> N
         torch.set_flush_denormal(True)
     torch.manual_seed(0)
     cell, vocab_size, layers, size = CONFIGS[config]
+    step: Callable[[], object]
     if contender == "bound":
         step = products_runner(lstm_products(vocab_size, layers, size, batch, seq))
     else:
@@ -223,34 +239,36 @@ class Contender:
             [sys.executable, os.path.abspath(__file__), "-worker", contender, "-configs", config,
              "-threads", str(threads), "-batch_size", str(batch), "-seq_length", str(seq)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdin is not None and self.process.stdout is not None  # both are pipes, as asked
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
         self.warm_seconds = self._answer()
 
     def run(self, steps: int) -> float:
-        self.process.stdin.write(f"{steps}\n")
-        self.process.stdin.flush()
+        self.stdin.write(f"{steps}\n")
+        self.stdin.flush()
         return self._answer()
 
     def _answer(self) -> float:
-        line = self.process.stdout.readline()
+        line = self.stdout.readline()
         if not line:
             raise SystemExit(f"a benchmark worker failed (exit status {self.process.wait()})")
         return float(line)
 
     def close(self) -> None:
-        self.process.stdin.close()
+        self.stdin.close()
         self.process.wait()
 
 
 def measure_processes(wanted: list[str], config: str, threads: int, batch: int, seq: int, rounds: int,
-                      seconds: float, iters: int) -> dict:
+                      seconds: float, iters: int) -> dict[str, list[float]]:
     """Seconds per step of each round of each contender, timed in interleaved rounds in one fresh
     process per contender."""
-    contenders = {}
+    contenders: dict[str, Contender] = {}
     try:
         for who in wanted:
             contenders[who] = Contender(who, config, threads, batch, seq)
         steps = {name: iters or max(1, round(seconds / c.warm_seconds)) for name, c in contenders.items()}
-        times = {name: [] for name in contenders}
+        times: dict[str, list[float]] = {name: [] for name in contenders}
         for r in range(rounds):
             for name in wanted[r % len(wanted):] + wanted[:r % len(wanted)]:
                 times[name].append(contenders[name].run(steps[name]))
@@ -261,10 +279,10 @@ def measure_processes(wanted: list[str], config: str, threads: int, batch: int, 
 
 
 def measure_row(wanted: list[str], config: str, threads: int, batch: int, seq: int, processes: int, rounds: int,
-                seconds: float, iters: int) -> tuple[dict, dict]:
+                seconds: float, iters: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Each contender's median seconds per step over all rounds of all its processes, and the
     median of each process by itself."""
-    per_process = {name: [] for name in wanted}
+    per_process: dict[str, list[list[float]]] = {name: [] for name in wanted}
     for _ in range(processes):
         times = measure_processes(wanted, config, threads, batch, seq, rounds, seconds, iters)
         for name, values in times.items():
@@ -275,7 +293,7 @@ def measure_row(wanted: list[str], config: str, threads: int, batch: int, seq: i
 
 # ---- useful GFLOP/s against a matrix-multiply bound ----------------------------------------------
 
-def mm_operands(m: int, k: int, n: int, layout: str):
+def mm_operands(m: int, k: int, n: int, layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Operands of an m x k by k x n product in the layout of a Linear's forward ('fwd': x @ W.t()),
     its input gradient ('dx': g @ W) or its weight gradient ('dw': g.t() @ x), and an output."""
     if layout == "fwd":
@@ -287,11 +305,11 @@ def mm_operands(m: int, k: int, n: int, layout: str):
     return a, b, torch.empty(m, n)
 
 
-def lstm_products(vocab_size: int, layers: int, size: int, batch: int, seq: int):
+def lstm_products(vocab_size: int, layers: int, size: int, batch: int, seq: int) -> list[Product]:
     """(m, k, n, layout, count) of every useful product of one LSTM training step (see the docstring):
     count > 1 for the per-step products, made `seq` times in a row."""
     rows, gates = batch * seq, 4 * size
-    products = []
+    products: list[Product] = []
     for n in range(layers):
         if n > 0:  # layer 1's input product is a gather
             products += [(rows, size, gates, "fwd", 1), (rows, gates, size, "dx", 1), (gates, rows, size, "dw", 1)]
@@ -301,7 +319,7 @@ def lstm_products(vocab_size: int, layers: int, size: int, batch: int, seq: int)
     return products
 
 
-def products_runner(products):
+def products_runner(products: list[Product]) -> Callable[[], None]:
     """A closure making every product of the list once, with torch.mm on preallocated operands."""
     operands = {key[:4]: mm_operands(*key[:4]) for key in products}
     plan = [(operands[key[:4]], key[4]) for key in products]
@@ -313,7 +331,7 @@ def products_runner(products):
     return run
 
 
-def flop_report(products, step_seconds: float, bound_seconds: float, repeats: int) -> str:
+def flop_report(products: list[Product], step_seconds: float, bound_seconds: float, repeats: int) -> str:
     """The useful GFLOP/s of our step and its fraction of the bound (the products' own time)."""
     flops = sum(2.0 * m * k * n * count for m, k, n, _, count in products)
     lines = []
@@ -386,23 +404,91 @@ def memory_report(counts: list[int], threads: int) -> None:
     n_train = tiny_shakespeare_train_batches(50, 50)
     print(f"\npeak memory (VmHWM) of train.py, lstm 3x512 on data/tinyshakespeare, batch 50 x 50, "
           f"{threads} threads, validation every 20 iterations:")
-    peaks = []
+    peaks: list[int | None] = []
     for count in counts:
         peak, error = peak_memory_kb(count, threads, n_train, "kept")
         peaks.append(peak)
         print(f"  {count:>5} iterations: " + (f"{peak / 1024:,.0f} MiB" if peak else f"failed: {error}"), flush=True)
-    if all(peaks) and len(peaks) > 1:
-        print(f"  from {counts[0]} to {counts[-1]} iterations: {(peaks[-1] - peaks[0]) / 1024:+,.1f} MiB; "
-              f"range {(max(peaks) - min(peaks)) / 1024:,.1f} MiB")
+    measured = [peak for peak in peaks if peak]
+    if len(measured) == len(peaks) > 1:  # every run gave its peak
+        print(f"  from {counts[0]} to {counts[-1]} iterations: {(measured[-1] - measured[0]) / 1024:+,.1f} MiB; "
+              f"range {(max(measured) - min(measured)) / 1024:,.1f} MiB")
     middle = counts[len(counts) // 2]
     peak, error = peak_memory_kb(middle, threads, n_train, "default-malloc")
     print(f"  {middle:>5} iterations with glibc's default malloc (freed memory not kept): "
           + (f"{peak / 1024:,.0f} MiB" if peak else f"failed: {error}"), flush=True)
 
 
+# ---- the tables ------------------------------------------------------------------------------------
+
+def row_contenders(name: str, flops: bool, bf16: bool) -> list[str]:
+    """The contenders timed in a row: those of its cell, the matrix-multiply bound where its GFLOP/s
+    are reported (3 x 512 LSTM), the bf16 ones with -bf16."""
+    cell, _, layers, size = CONFIGS[name]
+    wanted = ["plain", "ours"] if cell == "gru" else ["plain", "nn", "nn_kept", "ours"]
+    if cell == "lstm" and (layers, size) == (3, 512) and flops:
+        wanted.append("bound")
+    if bf16:
+        wanted += ["ours_bf16"] if cell == "gru" else ["nn_bf16", "ours_bf16"]
+    return wanted
+
+
+def column(speed: dict[str, float], who: str) -> str:
+    return f"{speed[who]:>8,.0f}" if who in speed else f"{'-':>8}"
+
+
+def ratio(speed: dict[str, float], who: str, width: int) -> str:
+    return f"{speed['ours'] / speed[who]:>{width - 1}.2f}x" if who in speed else f"{'-':>{width}}"
+
+
+def print_header(args: argparse.Namespace, threads: int) -> None:
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores, load average {load:.1f}; "
+          f"batch {args.batch_size} x {args.seq_length}; {args.processes} x {args.rounds} interleaved rounds of "
+          f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'} (processes x rounds), medians; "
+          f"training chars/s")
+    print(f"{'config':<24} {'plain':>8} {'nn.LSTM':>8} {'nn+kept':>8} {'ours':>8} {'ours/nn':>8} {'target':>7} "
+          f"{'ours/nn+kept':>12} {'ours/plain':>10}")
+
+
+def report_row(name: str, args: argparse.Namespace, threads: int) -> tuple[FlopRow | None, str | None]:
+    """Times a row and prints its line of the float32 table (and the single processes' speeds);
+    returns what its GFLOP/s report needs (if it has one) and its line of the bf16 table (with -bf16)."""
+    cell, vocab_size, layers, size = CONFIGS[name]
+    B, T = args.batch_size, args.seq_length
+    seconds, per_process = measure_row(row_contenders(name, not args.no_flops, args.bf16), name, threads, B, T,
+                                       args.processes, args.rounds, args.seconds, args.iters)
+    speed = {who: B * T / value for who, value in seconds.items()}
+    label = f"{cell} {layers}x{size} V={vocab_size}"
+    target = f">={TARGETS[name]:.2f}" if name in TARGETS else "-"
+    print(f"{label:<24} {column(speed, 'plain')} {column(speed, 'nn')} {column(speed, 'nn_kept')} "
+          f"{column(speed, 'ours')} {ratio(speed, 'nn', 8)} {target:>7} {ratio(speed, 'nn_kept', 12)} "
+          f"{ratio(speed, 'plain', 10)}", flush=True)
+    if args.processes > 1:
+        print("    single processes: " + "; ".join(
+            f"{who} " + " ".join(f"{B * T / value / 1e3:.1f}K" for value in per_process[who])
+            for who in ("nn", "ours") if who in per_process), flush=True)
+    flop_row = None
+    if "bound" in seconds:
+        flop_row = (label, lstm_products(vocab_size, layers, size, B, T), seconds["ours"], seconds["bound"])
+    if not args.bf16:
+        return flop_row, None
+    nn_bf16 = speed.get("nn_bf16")
+    return flop_row, (f"{label:<24} {column(speed, 'ours')} {speed['ours_bf16']:>9,.0f} "
+                      f"{speed['ours_bf16'] / speed['ours']:>8.2f}x {column(speed, 'nn_bf16')} "
+                      + (f"{speed['ours_bf16'] / nn_bf16:>13.2f}x" if nn_bf16 else f"{'-':>14}"))
+
+
+def print_bf16_table(rows: list[str]) -> None:
+    print(f"\n-precision bf16 (bfloat16 autocast; reported apart from the float32 targets), training chars/s\n"
+          f"{'config':<24} {'ours':>8} {'ours bf16':>9} {'bf16/fp32':>9} {'nn bf16':>8} {'ours/nn bf16':>14}")
+    print("\n".join(rows))
+    print("(nn bf16: the nn.LSTM script under the same autocast, in a process set up as train.py's)")
+
+
 # ---- main ------------------------------------------------------------------------------------------
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-configs", default=",".join(CONFIGS), help=f"rows, from {','.join(CONFIGS)}")
     parser.add_argument("-processes", type=int, default=3,
@@ -420,11 +506,15 @@ def main() -> None:
                         help="also time train.py's step and the nn.LSTM script (set up alike) under bfloat16 "
                              "autocast (-precision bf16), in the same rounds, and print them as a second table")
     parser.add_argument("-worker", choices=[*TRAINERS, "bound"], help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     threads = args.threads or len(os.sched_getaffinity(0))
-    B, T = args.batch_size, args.seq_length
     if args.worker:
-        worker(args.worker, args.configs, threads, B, T)
+        worker(args.worker, args.configs, threads, args.batch_size, args.seq_length)
         return
     names = [name for name in args.configs.split(",") if name]
     unknown = [name for name in names if name not in CONFIGS]
@@ -435,53 +525,20 @@ def main() -> None:
 
     started = time.perf_counter()
     torch.set_num_threads(threads)  # for the per-shape matrix-multiply rates measured here
-    load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores, load average {load:.1f}; "
-          f"batch {B} x {T}; {args.processes} x {args.rounds} interleaved rounds of "
-          f"{f'{args.iters} steps' if args.iters else f'~{args.seconds:g} s'} (processes x rounds), medians; "
-          f"training chars/s")
-    print(f"{'config':<24} {'plain':>8} {'nn.LSTM':>8} {'nn+kept':>8} {'ours':>8} {'ours/nn':>8} {'target':>7} "
-          f"{'ours/nn+kept':>12} {'ours/plain':>10}")
-    flop_rows, bf16_rows = [], []
+    print_header(args, threads)
+    flop_rows: list[FlopRow] = []
+    bf16_rows: list[str] = []
     for name in names:
-        cell, vocab_size, layers, size = CONFIGS[name]
-        wanted = ["plain", "ours"] if cell == "gru" else ["plain", "nn", "nn_kept", "ours"]
-        if cell == "lstm" and (layers, size) == (3, 512) and not args.no_flops:
-            wanted.append("bound")
-        if args.bf16:
-            wanted += ["ours_bf16"] if cell == "gru" else ["nn_bf16", "ours_bf16"]
-        seconds, per_process = measure_row(wanted, name, threads, B, T, args.processes, args.rounds, args.seconds,
-                                           args.iters)
-        speed = {who: B * T / value for who, value in seconds.items()}
-        label = f"{cell} {layers}x{size} V={vocab_size}"
-
-        def column(who: str) -> str:
-            return f"{speed[who]:>8,.0f}" if who in speed else f"{'-':>8}"
-
-        def ratio(who: str, width: int) -> str:
-            return f"{speed['ours'] / speed[who]:>{width - 1}.2f}x" if who in speed else f"{'-':>{width}}"
-        target = f">={TARGETS[name]:.2f}" if name in TARGETS else "-"
-        print(f"{label:<24} {column('plain')} {column('nn')} {column('nn_kept')} {column('ours')} {ratio('nn', 8)} "
-              f"{target:>7} {ratio('nn_kept', 12)} {ratio('plain', 10)}", flush=True)
-        if args.processes > 1:
-            print("    single processes: " + "; ".join(
-                f"{who} " + " ".join(f"{B * T / value / 1e3:.1f}K" for value in per_process[who])
-                for who in ("nn", "ours") if who in per_process), flush=True)
-        if "bound" in seconds:
-            flop_rows.append((label, lstm_products(vocab_size, layers, size, B, T), seconds["ours"], seconds["bound"]))
-        if args.bf16:
-            nn_bf16 = speed.get("nn_bf16")
-            bf16_rows.append(f"{label:<24} {column('ours')} {speed['ours_bf16']:>9,.0f} "
-                             f"{speed['ours_bf16'] / speed['ours']:>8.2f}x {column('nn_bf16')} "
-                             + (f"{speed['ours_bf16'] / nn_bf16:>13.2f}x" if nn_bf16 else f"{'-':>14}"))
+        flop_row, bf16_row = report_row(name, args, threads)
+        if flop_row is not None:
+            flop_rows.append(flop_row)
+        if bf16_row is not None:
+            bf16_rows.append(bf16_row)
     print("(nn.LSTM: nn.RNN for the rnn row; none for char-rnn's GRU, which nn.GRU does not compute. nn+kept: the "
           "nn.LSTM script in a process set up as train.py's)")
 
     if bf16_rows:
-        print(f"\n-precision bf16 (bfloat16 autocast; reported apart from the float32 targets), training chars/s\n"
-              f"{'config':<24} {'ours':>8} {'ours bf16':>9} {'bf16/fp32':>9} {'nn bf16':>8} {'ours/nn bf16':>14}")
-        print("\n".join(bf16_rows))
-        print("(nn bf16: the nn.LSTM script under the same autocast, in a process set up as train.py's)")
+        print_bf16_table(bf16_rows)
 
     for label, products, step_seconds, bound_seconds in flop_rows:
         print(f"\n{label}: useful GFLOP/s of our step")

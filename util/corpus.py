@@ -8,8 +8,9 @@ whole input is known to be good.
 import codecs
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -41,24 +42,28 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
 
 
-def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
-    """Yield the file's tokens as integer arrays (code points, or byte values)."""
+def _open_input(path: str) -> BinaryIO:
+    """The input file opened for reading, or a UserError saying why it cannot be."""
     try:
-        handle = open(path, "rb")
+        return open(path, "rb")
     except IsADirectoryError:
         raise UserError(f"{path} is a directory, not a text file") from None
     except FileNotFoundError:
         raise UserError(f"input file {path} does not exist") from None
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
-    with handle:
+
+
+def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
+    """Yield the file's tokens as integer arrays (code points, or byte values)."""
+    with _open_input(path) as handle:
         if encoding == BYTES:
             while chunk := handle.read(CHUNK_BYTES):
                 yield np.frombuffer(chunk, dtype=np.uint8)
             return
         check_text_encoding(encoding)
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-        offset = 0  # file offset of the first byte of `chunk`
+        # file offset of the first byte of `chunk`
         offset = len(codecs.BOM_UTF8) if has_utf8_bom(handle.read(len(codecs.BOM_UTF8)), encoding) else 0
         handle.seek(offset)
         while True:
@@ -93,8 +98,8 @@ def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
     """torch-rnn's contiguous split: train is the head, then val, then test."""
     val, test = int(val_frac * total), int(test_frac * total)
     sizes = SplitSizes(total - val - test, val, test)
-    too_small = [name for name, frac, size in (("train", 1, sizes.train), ("val", val_frac, val), ("test", test_frac, test))
-                 if frac > 0 and size <= 0]
+    splits = (("train", 1, sizes.train), ("val", val_frac, val), ("test", test_frac, test))
+    too_small = [name for name, frac, size in splits if frac > 0 and size <= 0]
     if too_small:
         raise UserError(f"the text ({total} tokens) is too short to give the {' and '.join(too_small)} "
                         f"split at least one token; use a longer text or other -val_frac/-test_frac")

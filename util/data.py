@@ -9,9 +9,9 @@ batch k is the k-th seq_length-wide column block of both.
 """
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -103,8 +103,8 @@ def load_training_data(opt: SimpleNamespace, source: str, log: Callable[[str], N
     batch_size, seq_length = opt.batch_size, opt.seq_length
     if source == "h5":
         log(f"data: {opt.input_h5} and {opt.input_json} (preprocessed splits)")
-        vocab, ids = read_h5_json(opt.input_h5, opt.input_json)
-        splits = {name: stream_split(split_ids, batch_size, seq_length) for name, split_ids in ids.items()}
+        vocab, split_ids = read_h5_json(opt.input_h5, opt.input_json)
+        splits = {name: stream_split(ids, batch_size, seq_length) for name, ids in split_ids.items()}
     else:
         log(f"data: {os.path.join(opt.data_dir, 'input.txt')} (char-rnn splits: train_frac "
             f"{lua_number(opt.train_frac)}, val_frac {lua_number(opt.val_frac)})")
@@ -154,7 +154,7 @@ class BatchLoader:
     def __init__(self, splits: dict[str, Split], batch_size: int, seq_length: int):
         self.splits = splits
         self.batch_size, self.seq_length = batch_size, seq_length
-        self.position = {name: 0 for name in splits}
+        self.position = dict.fromkeys(splits, 0)
         for name in ("train", "val"):
             if splits[name].wanted and splits[name].n_batches == 0:
                 raise UserError(f"the {name} split is too small for one batch of {batch_size} x {seq_length} "

@@ -1,6 +1,7 @@
 """User-facing errors: one line on stderr and exit status 1, never a traceback."""
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):

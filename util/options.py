@@ -6,15 +6,16 @@ its default unless a type is given; numbers print like Lua does (`128`, `0.002`)
 """
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 from util.errors import UserError
 
 
-def lua_number(value: float) -> str:
-    """Format a number as Lua's print would: integral floats without `.0`."""
+def lua_number(value: object) -> str:
+    """Format a number as Lua's print would: integral floats without `.0`; anything else as str()."""
     if isinstance(value, float) and math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     if isinstance(value, float):
@@ -119,7 +120,7 @@ def parse_options(argv: Sequence[str], script: str, description: str, options: S
         raise UserError(f"unexpected argument '{positional_values[len(positional)]}' (see -help)")
     if len(positional_values) < len(positional):
         raise UserError(f"missing argument <{positional[len(positional_values)][0]}> (see -help)")
-    for (name, _), value in zip(positional, positional_values):
+    for (name, _), value in zip(positional, positional_values, strict=True):
         values[name] = value
     for option in options:
         if option.required and option.name not in given:

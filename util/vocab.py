@@ -6,7 +6,7 @@ value (chr(b)), so both kinds live in the same JSON layout as torch-rnn's.
 """
 import codecs
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from util.errors import UserError
 
