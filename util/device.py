@@ -4,7 +4,7 @@ import contextlib
 import ctypes
 import os
 import platform
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -83,10 +83,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves large blocks (from 128 KiB, adaptively up to 32 MiB) with fresh mmap()
     pages and returns them on free(), and trims the heap's free top. A training step allocates and
     frees the same large temporaries every time (the fused kernels' workspaces, the gates, the
-    logits), so every step page-faulted its memory in again: about 8,000 faults per step at 2 x 128,
-    54,000 at 3 x 512, 25-35% of the step on the CPU. With both thresholds at 1 GiB the faults
-    drop to none. The price is peak memory: 3 x 512 on tiny Shakespeare peaks at ~760 MiB instead
-    of ~590 MiB, steady over the run (bench/train_speed.py measures both)."""
+    logits), so every step would page-fault its memory in again. With both thresholds at 1 GiB the
+    memory is reused instead; the price is a higher peak, steady over the run. Measured with
+    bench/train_speed.py (its nn+kept contender and peak-memory runs); figures in bench/README.md."""
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
