@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_TEXT, assert_user_error
-from runner import Runs
+from runner import Runs, ok
 from util.data import load_data_dir
 
 TEXT = "the cat sat on the mat. the dog ate the hat.\n" * 55  # 2475 characters, 14 distinct
@@ -174,7 +174,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         r.start("init_from", "train.py", *d, *SMALL, "-init_from", start_from, "-model", "gru", "-rnn_size", 8,
                 "-num_layers", 3, "-max_epochs", 0.1, "-learning_rate", 1e-6, after=("base",))
         r.start("init_other_vocab", "train.py", "-data_dir", other, *SMALL, "-init_from", start_from, after=("base",))
+        # a run started with -init_from resumes with the shape it trained (not the options it was given)
+        r.start("init_from_resumed", "train.py", "-resume", r.folder("init_from") / "cv" / checkpoint_name(5),
+                "-max_epochs", 0.2, "-rnn_size", 32, after=("init_from",))
+        # a checkpoint of the layout before `run` (data_source in opt, opt's shape the model's) resumes alike
+        mid_run = r.folder("base") / "cv" / checkpoint_name(40)
+        old_layout = r.folder("old_layout") / "old.pt"
+        r.submit("old_layout_written", write_old_layout, mid_run, old_layout, after=("base",))
+        r.start("old_layout_resumed", "train.py", "-resume", old_layout, "-max_epochs", 1,
+                after=("old_layout_written",))
+        r.start("new_layout_resumed", "train.py", "-resume", mid_run, "-max_epochs", 1, after=("base",))
         yield r
+
+
+def write_old_layout(source: Path, path: Path) -> None:
+    """`source` as train.py wrote checkpoints before they had a `run` section."""
+    checkpoint = load(source)
+    run = checkpoint.pop("run")
+    shape = checkpoint["model"]
+    checkpoint["opt"].update(run, model=shape["model_type"], rnn_size=shape["rnn_size"],
+                             num_layers=shape["num_layers"])
+    torch.save(checkpoint, path)
 
 
 # ---- training works ------------------------------------------------------------------------------
@@ -382,6 +402,25 @@ def test_init_from_starts_from_the_checkpoint(runs):
     learned = start["state_dict"]["layers.0.i2h.bias"][32:64]
     assert (learned - 1).abs().max() > 0.01
     torch.testing.assert_close(end["state_dict"]["layers.0.i2h.bias"][32:64], learned, rtol=0, atol=1e-4)
+
+
+def test_a_run_started_with_init_from_resumes_with_its_shape(runs):
+    result = ok(runs["init_from_resumed"])
+    assert "resuming at iteration 6 of 11" in result.stdout
+    end = load(runs.folder("init_from_resumed") / "cv" / checkpoint_name(11))
+    assert (end["model"]["model_type"], end["model"]["rnn_size"], end["iteration"]) == ("lstm", 32, 11)
+    assert (end["opt"]["model"], end["opt"]["rnn_size"]) == ("gru", 32)  # -rnn_size 32 given on resume
+
+
+def test_a_checkpoint_without_a_run_section_resumes_exactly_as_one_with_it(runs):
+    old, new = ok(runs["old_layout_resumed"]), ok(runs["new_layout_resumed"])
+    assert losses(old) == losses(new) and len(losses(old)) == N_TRAIN - 40
+    old_end = load(runs.folder("old_layout_resumed") / "cv" / checkpoint_name(N_TRAIN))
+    new_end = load(runs.folder("new_layout_resumed") / "cv" / checkpoint_name(N_TRAIN))
+    assert old_end["run"] == new_end["run"] == {"data_source": "data_dir"}
+    assert "data_source" not in old_end["opt"]
+    for name, weight in new_end["state_dict"].items():
+        assert torch.equal(old_end["state_dict"][name], weight), name
 
 
 def test_init_from_other_vocabulary_is_an_error(runs):
