@@ -19,6 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from model import LAYERS, CharRNN, State
 from util import distributed
 from util.checkpoint import (
+    IndexRow,
+    RunCheckpoints,
+    best_path,
     build_checkpoint,
     checkpoint_path,
     checkpoint_vocab,
@@ -43,15 +46,25 @@ from util.device import (
     synchronize,
 )
 from util.errors import UserError, run_main
+from util.guidance import (
+    best_line,
+    early_stop_line,
+    overfitting_notice,
+    validation_cost_notice,
+    validation_details,
+)
 from util.options import Option, Parsed, lua_number, parse_options
 from util.training import (
     Progress,
     StopRequest,
     TrainingLog,
+    best_validation,
     evaluate_split,
     forward_backward,
     grad_param_norm_ratio,
+    rises_since_best,
     rmsprop,
+    spread_batches,
 )
 from util.vocab import BYTES, Vocab
 
@@ -80,6 +93,12 @@ OPTIONS = [
     Option("eval_val_every", 1000, "every how many iterations should we evaluate on validation data?"),
     Option("checkpoint_dir", "cv", "output directory where checkpoints get written"),
     Option("savefile", "", "filename to autosave the checkpoint to; cv/lm_<savefile>_epoch<N>.pt"),
+    Option("keep", 0, "keep only the N most recent checkpoints plus the best (cv/lm_best.pt); 0 = keep all"),
+    Option("val_max_batches", 0, "validate on at most N evenly spread val batches, the same ones every time; "
+                                 "0 = the whole split"),
+    Option("overfit_patience", 3, "validations in a row more than 1% above the best before the over-fitting "
+                                  "notice; 0 = no notice"),
+    Option("early_stop", 0, "stop the run after N validations in a row more than 1% above the best; 0 = never"),
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
     *GPU_OPTIONS,
     THREADS_OPTION,
@@ -101,6 +120,9 @@ def check_options(opt: SimpleNamespace) -> None:
         value = getattr(opt, name)
         if not 0 < value < math.inf:
             raise UserError(f"-{name} must be a positive number, not {lua_number(value)}")
+    for name in ("keep", "val_max_batches", "overfit_patience", "early_stop"):
+        if getattr(opt, name) < 0:
+            raise UserError(f"-{name} must be 0 or more, not {getattr(opt, name)}")
     for name in ("dropout", "decay_rate"):
         if not 0 <= getattr(opt, name) < 1:
             raise UserError(f"-{name} must be in [0, 1), not {lua_number(getattr(opt, name))}")
@@ -250,30 +272,41 @@ def training_log(run: Run, progress: Progress) -> TrainingLog | None:
 class Trainer:
     """char-rnn's loop over a Run: each iteration a step, the progress line, the learning-rate
     decay, and at every -eval_val_every (and each epoch's end, and the last) validation and a
-    checkpoint; a stop request saves and ends the run."""
+    checkpoint; then what the validations say (over-fitting, -early_stop). A stop request saves and
+    ends the run; every end names the best checkpoint."""
 
     def __init__(self, run: Run, progress: Progress, hidden: State, last_saved: str | None):
         self.run, self.progress, self.hidden, self.last_saved = run, progress, hidden, last_saved
         self.log = training_log(run, progress)
+        opt = run.opt
+        self.files = RunCheckpoints(opt.checkpoint_dir, opt.savefile, opt.keep,
+                                    progress.iteration if opt.resume else None) if run.ranks.is_main else None
+        self.val_batches = spread_batches(run.loader.n_batches("val"), opt.val_max_batches)
+        self.started, self.first_iteration = time.perf_counter(), progress.iteration + 1
+        self.overfitting_said = False
+        self.cost_said = self.say_validation_cost(*estimate_validation(run, self.val_batches), measured=False)
 
     def train(self) -> int:
         run, progress = self.run, self.progress
         stop = StopRequest()
         run.model.train()
-        for i in range(progress.iteration + 1, run.iterations + 1):
+        for i in range(self.first_iteration, run.iterations + 1):
             problem = self.step(i)
             if problem:
                 return self.abort(problem)
             self.decay_learning_rate(i)
-            val_loss = self.validate_and_save(i) if self.checkpoint_due(i) else None
+            validating = self.checkpoint_due(i)
+            val_loss = self.validate_and_save(i) if validating else None
             if self.log is not None:
                 self.log.append(i, i / run.iterations_per_epoch, progress.train_losses[-1], val_loss,
                                 run.optimizer.param_groups[0]["lr"], progress.seconds)
+            if validating and run.ranks.any_true(self.stops_early()):
+                return self.finish(0)
             signal_number = run.ranks.any_signal(stop.signal_number)
             if signal_number:
                 self.save_on_stop(i)
-                return 128 + signal_number
-        return 0
+                return self.finish(128 + signal_number)
+        return self.finish(0)
 
     def step(self, i: int) -> str | None:
         """Iteration i's batch, checks and update; returns why the run must stop, if it must."""
@@ -318,29 +351,81 @@ class Trainer:
     def validate_and_save(self, i: int) -> float | None:
         """The validation loss (on the main process, when there is a val split) and a checkpoint."""
         run, val_loss = self.run, None
-        if run.ranks.is_main and run.loader.n_batches("val"):
-            val_loss = evaluate_split(run.model, run.loader, "val", run.device, run.opt.precision)
+        if run.ranks.is_main and self.val_batches:
+            started = time.perf_counter()
+            val_loss = evaluate_split(run.model, run.loader, "val", run.device, run.opt.precision,
+                                      run.opt.val_max_batches)
+            pass_seconds = time.perf_counter() - started
             self.progress.val_losses.append([i, val_loss])
-            run.say(f"validation loss at epoch {i / run.iterations_per_epoch:.2f}: {val_loss:.4f}")
+            run.say(f"validation loss at epoch {i / run.iterations_per_epoch:.2f}: {val_loss:.4f} "
+                    f"{self.validation_details(i, val_loss)}")
+            if not self.cost_said:
+                step_seconds = self.progress.seconds / max(1, len(self.progress.train_losses))
+                self.cost_said = self.say_validation_cost(pass_seconds, step_seconds, measured=True)
         self.last_saved = self.save(val_loss)
         run.say(f"saved checkpoint {self.last_saved}", flush=True)
         return val_loss
+
+    def validation_details(self, i: int, val_loss: float) -> str:
+        done = i - self.first_iteration + 1
+        elapsed = time.perf_counter() - self.started
+        best = best_validation(self.progress.val_losses)
+        assert best is not None  # val_loss was just appended
+        return validation_details(val_loss, best, self.run.iterations_per_epoch,
+                                  (len(self.val_batches), self.run.loader.n_batches("val")), elapsed,
+                                  elapsed / done * (self.run.iterations - i))
+
+    def say_validation_cost(self, pass_seconds: float, step_seconds: float, measured: bool) -> bool:
+        """The notice when validation takes too much of the run; whether it was given."""
+        run = self.run
+        if not (run.ranks.is_main and self.val_batches):
+            return False
+        interval = min(run.opt.eval_val_every, run.iterations_per_epoch, run.iterations)
+        notice = validation_cost_notice(pass_seconds, len(self.val_batches), interval, step_seconds, measured)
+        if notice:
+            run.say(notice)
+        return notice is not None
+
+    def stops_early(self) -> bool:
+        """After a validation: the over-fitting notice (once), and whether -early_stop ends the run."""
+        run, opt, val_losses = self.run, self.run.opt, self.progress.val_losses
+        rises, best = rises_since_best(val_losses), best_validation(val_losses)
+        if best is None or rises == 0:
+            return False
+        if opt.overfit_patience and rises == opt.overfit_patience and not self.overfitting_said:
+            characters = run.iterations_per_epoch * opt.batch_size * opt.seq_length
+            run.say(overfitting_notice(rises, best, self.best_path, run.iterations_per_epoch, run.model,
+                                       run.model.dropout.p, characters))
+            self.overfitting_said = True
+        if opt.early_stop and rises >= opt.early_stop:
+            run.say(early_stop_line(opt.early_stop, best, run.iterations_per_epoch))
+            return True
+        return False
+
+    @property
+    def best_path(self) -> str:
+        return best_path(self.run.opt.checkpoint_dir, self.run.opt.savefile)
 
     def save(self, val_loss: float | None) -> str:
         """Every process takes part (the carried state is gathered); the main one writes."""
         run, progress = self.run, self.progress
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+            self.say_best()
             raise UserError(f"the weights became NaN or infinite at iteration {progress.iteration} (is "
                             f"-learning_rate too high?); not saving them. The last good checkpoint is "
                             f"{self.last_saved or 'none'}")
         hidden = run.ranks.gather_rows(self.hidden)
         path = checkpoint_path(run.opt.checkpoint_dir, run.opt.savefile, progress.iteration,
                                run.iterations_per_epoch)
-        if run.ranks.is_main:
+        if self.files is not None:
             training = training_state(run.optimizer, run.loader.position["train"], hidden, run.device, progress)
             save_checkpoint(path, build_checkpoint(run.model, run.vocab, vars(run.opt),
                                                    {"data_source": run.data_source}, progress,
                                                    run.iterations_per_epoch, val_loss, training))
+            best = best_validation(progress.val_losses)
+            row = IndexRow(os.path.basename(path), progress.iteration / run.iterations_per_epoch,
+                           progress.iteration, progress.train_losses[-1], val_loss)
+            self.files.added(path, row, val_loss is not None and best is not None and best[0] == progress.iteration)
         return path
 
     def save_on_stop(self, i: int) -> None:
@@ -354,7 +439,36 @@ class Trainer:
         self.run.say(message)
         self.run.say(f"the last good checkpoint is {self.last_saved}" if self.last_saved
                      else "no checkpoint was written yet")
-        return 1
+        return self.finish(1)
+
+    def finish(self, status: int) -> int:
+        self.say_best()
+        return status
+
+    def say_best(self) -> None:
+        self.run.say(best_line(best_validation(self.progress.val_losses), self.best_path,
+                               self.run.iterations_per_epoch, self.last_saved), flush=True)
+
+
+def estimate_validation(run: Run, batches: list[int]) -> tuple[float, float]:
+    """Before training: the seconds of a validation pass over `batches` and of a training step,
+    from the time of one val batch's forward pass (a step, forward and backward, takes about three).
+    Eval mode and no gradients: nothing of the run (weights, random numbers) changes."""
+    if not (run.ranks.is_main and batches):
+        return 0.0, 0.0
+    model = run.model
+    x = run.loader.batch("val", batches[0])[0].to(run.device)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(3):  # the first call also pays for setting up the kernels
+            started = time.perf_counter()
+            model(x, model.zero_state(x.shape[0]))
+            synchronize(run.device)
+            times.append(time.perf_counter() - started)
+    model.train()
+    forward = min(times[1:])
+    return forward * len(batches), 3 * forward
 
 
 if __name__ == "__main__":

@@ -77,3 +77,15 @@ def test_batch_that_does_not_divide_is_an_error(runs):
     # torchrun reports a failed worker with a traceback of its own; none may come from our code
     assert 'train.py", line' not in result.stderr and "util/" not in result.stderr
     assert not (folder / "odd").exists()
+
+
+def test_early_stop_ends_every_process_together(tmp_path):
+    """Only rank 0 validates; -early_stop is its decision, taken by both processes (no hang)."""
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "input.txt").write_text(TINY_TEXT * 12)
+    result = torchrun(tmp_path, 2, "-data_dir", "d", *ARGS[:-1], "1", "-max_epochs", "60", "-rnn_size", "64",
+                      "-learning_rate", "1e-2", "-early_stop", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "stopping early (-early_stop 1)" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("best checkpoint: cv/lm_best.pt")

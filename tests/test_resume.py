@@ -326,7 +326,8 @@ def kill_during_write(r: Runs, trial: int, delay: float | None) -> dict:
         time.sleep(delay)
     run.process.kill()
     out["returncode"], _, out["stderr"] = run.finish()
-    out["leftovers"] = sorted(p.name for p in cv.iterdir() if not p.name.endswith(".pt") and p.name != "lm_log.csv")
+    out["leftovers"] = sorted(p.name for p in cv.iterdir()
+                              if not p.name.endswith(".pt") and p.name not in ("lm_log.csv", "lm_index.csv"))
     return out
 
 
@@ -407,7 +408,7 @@ def test_resume_mid_epoch_elsewhere_keeps_the_checkpoints_options(runs):
     one_go = losses(a.stdout)
     assert printed == {i: one_go[i] for i in printed}
     expected = sorted({name(i) for i in range(15, END + 1) if i % EVAL_EVERY == 0 or i % N_TRAIN == 0} | {name(END)})
-    assert sorted(p.name for p in m_cv.glob("*.pt")) == expected
+    assert sorted(p.name for p in m_cv.glob("lm_epoch*.pt")) == expected
     for checkpoint in expected:
         assert_same_run_state(a_cv / checkpoint, m_cv / checkpoint)
 
@@ -477,6 +478,10 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(runs, which, status):
     assert out["exit_seconds"] < 60  # it stops after the step in progress, not at the end of the run
     iteration, path = out["iteration"], out["folder"] / out["checkpoint"]
     assert out["checkpoint"] == f"cv/{name(iteration)}"  # the usual name, and the message says where it is
+    last_line = out["stdout"].splitlines()[-1]  # the best checkpoint, if a validation came before the signal
+    assert re.fullmatch(r"(best checkpoint: cv/lm_best\.pt \(epoch [\d.]+, iteration \d+, val loss [\d.]+\)|no "
+                        r"validation loss was measured, so there is no best checkpoint); last checkpoint: "
+                        + re.escape(f"cv/{name(iteration)}"), last_line), last_line
     saved = load(path)  # weights_only=True
     assert saved["iteration"] == iteration and len(saved["train_losses"]) == iteration
     assert [row[0] for row in out["log_before"][1:]] == [str(i) for i in range(1, iteration + 1)]
@@ -502,8 +507,12 @@ def test_second_sigint_exits_at_once_leaving_only_whole_checkpoints(runs):
     for path in cv.iterdir():
         if path.name.endswith(".pt"):
             load(path)
-        else:  # anything else is the log or a temporary file, never a checkpoint's name
-            assert path.name == "lm_log.csv" or re.fullmatch(r"\.lm_epoch[\d.]+\.pt\.\d+\.tmp", path.name), path.name
+        else:  # anything else is the log, the index or a temporary file, never a checkpoint's name
+            assert path.name in ("lm_log.csv", "lm_index.csv") or re.fullmatch(TEMPORARY, path.name), path.name
+
+
+# what a process killed mid-write may leave: a checkpoint's, the best copy's or the index's temporary file
+TEMPORARY = r"\.(lm_epoch[\d.]+\.pt|lm_best\.pt|lm_index\.csv)\.\d+\.tmp"
 
 
 # ---- SIGKILL while a checkpoint is written ---------------------------------------------------------------
@@ -518,9 +527,9 @@ def test_sigkill_never_leaves_a_damaged_checkpoint(runs, trial):
     assert out["first"] in checkpoints
     for path in checkpoints:
         saved = load(path)
-        assert path.name == name(saved["iteration"])
-    for leftover in out["leftovers"]:  # only this run's temporary files, named as save_checkpoint names them
-        assert re.fullmatch(r"\.lm_epoch[\d.]+\.pt\.\d+\.tmp", leftover), leftover
+        assert path.name in ("lm_best.pt", name(saved["iteration"]))
+    for leftover in out["leftovers"]:  # only this run's temporary files, named as they are written
+        assert re.fullmatch(TEMPORARY, leftover), leftover
 
 
 # ---- the disk fills up mid-run ------------------------------------------------------------------------
@@ -540,7 +549,7 @@ def test_disk_full_mid_run_is_one_line_and_keeps_earlier_checkpoints(runs):
         path = out["folder"] / "copy.pt"
         path.write_bytes(files[checkpoint])
         assert load(path)["iteration"] >= 1
-    leftovers = [n for n in files if not n.endswith(".pt") and n != "lm_log.csv"]
+    leftovers = [n for n in files if not n.endswith(".pt") and n not in ("lm_log.csv", "lm_index.csv")]
     assert not leftovers, f"temporary files left on the full disk: {leftovers}"
 
 

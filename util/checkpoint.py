@@ -23,8 +23,11 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so th
 Checkpoints written before `run` existed kept data_source in opt; they load and resume alike.
 Torch7 char-rnn checkpoints (.t7) are converted through util.torch7 into the same layout.
 """
+import csv
 import os
 import pickle
+import shutil
+from dataclasses import dataclass
 
 import torch
 
@@ -40,17 +43,137 @@ RESUME_KEYS = ("optimizer", "learning_rate", "loader_position", "hidden", "rng",
 
 
 def checkpoint_path(checkpoint_dir: str, savefile: str, iteration: int, iterations_per_epoch: int) -> str:
-    """cv/lm_epoch30.pt at the end of epoch 30; cv/lm_epoch30.47.pt in the middle of an epoch."""
+    """cv/lm_epoch30.pt at the end of epoch 30; cv/lm_epoch30.47.pt in the middle of an epoch, with
+    as many decimals as the epoch's iteration count has digits (at least two), so that no two
+    iterations share a name (1/iterations_per_epoch is more than a unit of the last decimal)."""
     prefix = f"lm_{savefile}_" if savefile else "lm_"
     if iteration % iterations_per_epoch == 0:
         epoch = str(iteration // iterations_per_epoch)
     else:
-        epoch = f"{iteration / iterations_per_epoch:.2f}"
+        decimals = max(2, len(str(iterations_per_epoch)))
+        epoch = f"{iteration / iterations_per_epoch:.{decimals}f}"
     return os.path.join(checkpoint_dir, f"{prefix}epoch{epoch}.pt")
 
 
 def log_path(checkpoint_dir: str, savefile: str) -> str:
     return os.path.join(checkpoint_dir, f"lm_{savefile}_log.csv" if savefile else "lm_log.csv")
+
+
+def best_path(checkpoint_dir: str, savefile: str) -> str:
+    """cv/lm_best.pt: the run's checkpoint with the lowest validation loss so far."""
+    return os.path.join(checkpoint_dir, f"lm_{savefile}_best.pt" if savefile else "lm_best.pt")
+
+
+def index_path(checkpoint_dir: str, savefile: str) -> str:
+    """cv/lm_index.csv: one row per checkpoint of the run that is on disk (see IndexRow)."""
+    return os.path.join(checkpoint_dir, f"lm_{savefile}_index.csv" if savefile else "lm_index.csv")
+
+
+# ---- the index of a run's checkpoints ---------------------------------------------------------------
+
+INDEX_HEADER = ("checkpoint", "epoch", "iteration", "train_loss", "val_loss")
+
+
+@dataclass
+class IndexRow:
+    """A row of cv/lm_index.csv: a checkpoint's file name (in the index's folder) and its numbers;
+    the best checkpoint (lm_best.pt) has a row of its own, with its iteration's numbers."""
+    checkpoint: str
+    epoch: float
+    iteration: int
+    train_loss: float
+    val_loss: float | None  # None: saved without validation (no val split, or on a stop request)
+
+    def fields(self) -> list[str]:
+        return [self.checkpoint, f"{self.epoch:.4f}", str(self.iteration), f"{self.train_loss:.8f}",
+                "" if self.val_loss is None else f"{self.val_loss:.8f}"]
+
+
+def read_index(path: str) -> list[IndexRow]:
+    """The rows of an index file; [] when there is none."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or tuple(rows[0]) != INDEX_HEADER:
+            raise ValueError("not a checkpoint index")
+        return [IndexRow(name, float(epoch), int(iteration), float(train), float(val) if val else None)
+                for name, epoch, iteration, train, val in rows[1:]]
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the checkpoint index {path}: {error}") from None
+
+
+def write_index(path: str, rows: list[IndexRow]) -> None:
+    """Replace the index file whole (a temporary file renamed into place)."""
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([INDEX_HEADER, *(row.fields() for row in rows)])
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise UserError(f"cannot write the checkpoint index {path}: {error.strerror}") from None
+
+
+class RunCheckpoints:
+    """A run's files in -checkpoint_dir besides the log: its checkpoints, cv/lm_best.pt (a copy of
+    the one with the lowest validation loss so far) and the index cv/lm_index.csv listing them; with
+    keep > 0 only the `keep` most recent checkpoints and the best one's stay on disk (-keep)."""
+
+    def __init__(self, checkpoint_dir: str, savefile: str, keep: int, resumed_at: int | None):
+        self.folder, self.savefile, self.keep = checkpoint_dir, savefile, keep
+        self.index = index_path(checkpoint_dir, savefile)
+        self.best = best_path(checkpoint_dir, savefile)
+        self.rows: list[IndexRow] = []  # a new run starts the index afresh, as it does the log
+        if resumed_at is not None:  # the rows up to the checkpoint resumed from, of files still there
+            self.rows = [row for row in read_index(self.index) if row.iteration <= resumed_at
+                         and os.path.exists(os.path.join(checkpoint_dir, row.checkpoint))]
+
+    def added(self, path: str, row: IndexRow, is_best: bool) -> None:
+        """Checkpoint `path` (row: its numbers) was written; is_best: its val loss is the lowest yet."""
+        names = {os.path.basename(path)} | ({os.path.basename(self.best)} if is_best else set())
+        self.rows = [r for r in self.rows if r.checkpoint not in names]
+        self.rows.append(row)
+        if is_best:
+            copy_checkpoint(path, self.best)
+            self.rows.append(IndexRow(os.path.basename(self.best), row.epoch, row.iteration, row.train_loss,
+                                      row.val_loss))
+        if self.keep > 0:
+            self._prune()
+        write_index(self.index, self.rows)
+
+    def _prune(self) -> None:
+        """Remove all but the `keep` most recent checkpoints and the best one's."""
+        best_name = os.path.basename(self.best)
+        best_iteration = next((r.iteration for r in self.rows if r.checkpoint == best_name), None)
+        epochs = sorted((r for r in self.rows if r.checkpoint != best_name), key=lambda r: r.iteration)
+        for row in epochs[:-self.keep]:
+            if row.iteration != best_iteration:
+                try:
+                    os.remove(os.path.join(self.folder, row.checkpoint))
+                except FileNotFoundError:
+                    pass
+                except OSError as error:
+                    raise UserError(f"cannot remove {row.checkpoint} (-keep {self.keep}): {error.strerror}") from None
+                self.rows.remove(row)
+
+
+def copy_checkpoint(source: str, destination: str) -> None:
+    """`destination` becomes a copy of `source` at once (a hard link, else a copy, renamed into place)."""
+    temporary = os.path.join(os.path.dirname(os.path.abspath(destination)),
+                             f".{os.path.basename(destination)}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise UserError(f"cannot write {destination}: {error.strerror}; earlier checkpoints are unchanged") from None
 
 
 # ---- building and restoring ------------------------------------------------------------------------

@@ -51,6 +51,15 @@ class Ranks:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 
+    def any_true(self, flag: bool) -> bool:
+        """Whether any process's flag is true (a decision only the main process can make, such as
+        -early_stop after its validation, taken by all of them)."""
+        if not self.active:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def gather_rows(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Every process's carried state, joined along the batch: what one process would hold."""
         if not self.active:

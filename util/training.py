@@ -41,22 +41,61 @@ def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> float:
     return (grads / torch.stack([p.detach().norm() for p in params]).norm()).item()
 
 
+def spread_batches(n_batches: int, max_batches: int) -> list[int]:
+    """The indices of at most max_batches of n_batches, evenly spread and always the same (all of
+    them for max_batches 0 or at least n_batches)."""
+    if max_batches <= 0 or max_batches >= n_batches:
+        return list(range(n_batches))
+    return [k * n_batches // max_batches for k in range(max_batches)]
+
+
 def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device,
-                   precision: str = "fp32") -> float:
-    """Mean loss over a whole split, from a zero state carried across its batches (char-rnn's
-    eval_split)."""
+                   precision: str = "fp32", max_batches: int = 0) -> float:
+    """Mean loss over a split's batches (spread_batches' subset of them for max_batches > 0), from a
+    zero state carried from batch to batch: char-rnn's eval_split."""
     was_training = model.training
     model.eval()
     state = model.zero_state(loader.batch_size)
+    batches = spread_batches(loader.n_batches(split), max_batches)
     total = 0.0
     with torch.no_grad():
-        for k in range(loader.n_batches(split)):
+        for k in batches:
             x, y = (t.to(device) for t in loader.batch(split, k))
             with autocast(device, precision):
                 logits, state = model(x, state)
             total += F.cross_entropy(logits.reshape(-1, model.vocab_size).float(), y.reshape(-1)).item()
     model.train(was_training)
-    return total / loader.n_batches(split)
+    return total / len(batches)
+
+
+VALIDATION_SHARE = 0.25  # the most of the time between evaluations a validation pass should take
+
+
+def suggested_val_batches(pass_seconds: float, n_batches: int, interval_seconds: float) -> int:
+    """The most validation batches whose pass takes at most VALIDATION_SHARE of the time between
+    evaluations, for a pass of n_batches that takes pass_seconds."""
+    per_batch = pass_seconds / n_batches
+    return max(1, min(n_batches, int(VALIDATION_SHARE * interval_seconds / per_batch)))
+
+
+RISE_MARGIN = 0.01  # a validation loss counts as a rise when it is this much (1%) above the best
+
+
+def best_validation(val_losses: list[list]) -> tuple[int, float] | None:
+    """The (iteration, loss) of the lowest validation loss, the first of equals; None before any."""
+    if not val_losses:
+        return None
+    iteration, loss = min(val_losses, key=lambda entry: entry[1])
+    return int(iteration), float(loss)
+
+
+def rises_since_best(val_losses: list[list]) -> int:
+    """How many of the last validations in a row are rises: more than RISE_MARGIN above the best."""
+    best = best_validation(val_losses)
+    rises = 0
+    while best and rises < len(val_losses) and val_losses[-1 - rises][1] > best[1] * (1 + RISE_MARGIN):
+        rises += 1
+    return rises
 
 
 @dataclass
