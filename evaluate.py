@@ -16,6 +16,12 @@ with Torch7 char-rnn .t7 checkpoints.
 
 Either way the text is tokenised as the checkpoint was trained (bytes for char-rnn's .t7 files)
 and must use only characters of the checkpoint's vocabulary; token ids are the checkpoint's.
+
+    python evaluate.py -list cv
+
+-list DIR (alone: no checkpoint argument, no other option) lists the checkpoints of DIR with their
+epoch, iteration, train and val loss, each run's best marked, without loading their weights
+(util/listing.py describes the format).
 """
 import math
 import os
@@ -30,12 +36,17 @@ import torch
 import torch.nn.functional as F
 
 from model import CharRNN
-from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
+from util.checkpoint import (
+    checkpoint_vocab,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from util.corpus import DecodeError, preprocess
 from util.data import SPLITS, BatchLoader, char_rnn_splits, id_storage, load_data_dir, read_h5_json
 from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device
 from util.errors import UserError, diagnostic, run_main
-from util.options import Option, lua_number, parse_options
+from util.listing import list_checkpoints
+from util.options import Option, Parsed, lua_number, parse_options
 from util.training import evaluate_split
 from util.vocab import BYTES, Vocab
 
@@ -50,7 +61,11 @@ OPTIONS = [
     *GPU_OPTIONS,
     THREADS_OPTION,
     Option("verbose", 1, "0 = print only the result line; diagnostics go to stderr"),
+    Option("list", "", "folder: list its checkpoints (epoch, iteration, losses, each run's best) instead; "
+           "alone, without a checkpoint or other options"),
 ]
+DESCRIPTION = "Loss, bits per character and perplexity of a checkpoint on text; -list DIR lists checkpoints."
+CHECKPOINT = [("checkpoint", "model checkpoint (.pt or char-rnn .t7); not with -list")]
 FALLBACKS = {"batch_size": 50, "seq_length": 50, "train_frac": 0.95, "val_frac": 0.05}
 DATA_DIR_ONLY = ("split", "batch_size", "seq_length", "train_frac", "val_frac")
 # -input's chunk length: it changes only the speed, never the loss. Each model call has a fixed
@@ -207,8 +222,10 @@ def evaluate_input(model, vocab: Vocab, opt, device: torch.device, log) -> Resul
 
 
 def evaluate(argv: list[str]) -> Result:
-    parsed = parse_options(argv, "evaluate.py", "Loss, bits per character and perplexity of a checkpoint "
-                           "on text.", OPTIONS, positional=[("checkpoint", "model checkpoint (.pt or char-rnn .t7)")])
+    parsed = parse_options(argv, "evaluate.py", DESCRIPTION, OPTIONS, positional=CHECKPOINT)
+    if "list" in parsed.given:
+        raise UserError(f"-list DIR lists the checkpoints of a folder and takes no checkpoint argument "
+                        f"(got {parsed.values.checkpoint})")
     opt = parsed.values
     check_source(opt, parsed.given)  # before the (slow) checkpoint load
     checkpoint = load_checkpoint(opt.checkpoint)
@@ -230,8 +247,41 @@ def evaluate(argv: list[str]) -> Result:
     return result
 
 
+# ---- -list DIR ------------------------------------------------------------------------------------
+
+def list_request(argv: list[str]) -> str | None:
+    """The folder of `-list DIR` when argv asks for a listing; None when it names a checkpoint to
+    evaluate (evaluate() refuses -list with one). -help is answered by the first parse, whose usage
+    line shows the checkpoint argument."""
+    try:
+        parse_options(argv, "evaluate.py", DESCRIPTION, OPTIONS, positional=CHECKPOINT)
+        return None
+    except UserError as error:
+        try:
+            alone = parse_options(argv, "evaluate.py", DESCRIPTION, OPTIONS)
+        except UserError:
+            raise error from None
+        if "list" not in alone.given:
+            raise error from None
+        return list_folder(alone)
+
+
+def list_folder(parsed: Parsed) -> str:
+    others = [f"-{option.name}" for option in OPTIONS if option.name in parsed.given and option.name != "list"]
+    if others:
+        raise UserError(f"-list DIR takes no other options ({', '.join(others)} given): it only lists the "
+                        f"checkpoints of DIR")
+    if not parsed.values.list:
+        raise UserError("-list needs a folder, e.g. -list cv")
+    return parsed.values.list
+
+
 def main(argv: list[str]) -> None:
-    print(evaluate(argv).line(), flush=True)
+    folder = list_request(argv)
+    if folder is not None:
+        print("\n".join(list_checkpoints(folder)), flush=True)
+    else:
+        print(evaluate(argv).line(), flush=True)
 
 
 if __name__ == "__main__":

@@ -281,20 +281,25 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?")
     try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    return validate(_load_torch7(path) if path.endswith(".t7") else read_pt(path), path)
+
+
+def read_pt(path: str, mmap: bool = False) -> object:
+    """A torch.save file's contents, tensors and plain data only (nothing in the file can run code);
+    with mmap the tensors stay on disk, mapped, until used. Any problem is a UserError."""
+    try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as error:
         raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
-    checkpoint = _load_torch7(path) if path.endswith(".t7") else _load_pt(path, magic)
-    validate(checkpoint, path)
-    return checkpoint
-
-
-def _load_pt(path: str, magic: bytes) -> dict:
     if magic != ZIP_MAGIC:  # torch.save's format is a zip archive
         raise UserError(f"{path} is not a checkpoint (not a file written by train.py)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise UserError(f"{path} holds objects other than tensors and plain data; refusing to load it, "
                         f"since unpickling them could run code from the file") from None
@@ -303,8 +308,8 @@ def _load_pt(path: str, magic: bytes) -> dict:
                         f"{type(error).__name__})") from None
 
 
-def validate(checkpoint: object, path: str) -> None:
-    """The parts every reader uses, as the schema above describes them."""
+def validate(checkpoint: object, path: str) -> dict:
+    """The checkpoint, once the parts every reader uses are as the schema above describes them."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not a char-rnn checkpoint")
     shape, weights, vocab = checkpoint.get("model"), checkpoint.get("state_dict"), checkpoint.get("vocab")
@@ -318,12 +323,15 @@ def validate(checkpoint: object, path: str) -> None:
             raise UserError(f"{path}: weight {name} is not a tensor of numbers")
         if not torch.isfinite(tensor).all():
             raise UserError(f"checkpoint {path} has NaN or infinite weights ({name}); use an earlier checkpoint")
+    return checkpoint
 
 
 def _load_torch7(path: str) -> dict:
     from util.torch7 import load_char_rnn_checkpoint
     try:
         t7 = load_char_rnn_checkpoint(path)
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
     except ValueError as error:
         raise UserError(str(error)) from None
     return {
