@@ -145,7 +145,7 @@ def test_a_memorising_run_is_told_once_with_advice(runs):
     notice = notices[0]
     assert "for 3 validations in a row" in notice and "at epoch 15.00" in notice
     assert "over-fitting its 1,680 training characters" in notice and "cv/lm_best.pt" in notice
-    assert "-dropout 0.5" in notice and "-rnn_size 16 " in notice and "-max_epochs 15" in notice
+    assert "-dropout 0.5" in notice and "-rnn_size 32 (" in notice and "-max_epochs 15" in notice
     lines = stdout.splitlines()
     at = lines.index(notice)
     assert lines[at - 1].startswith("validation loss at epoch 18.00") or lines[at - 2].startswith(

@@ -62,12 +62,11 @@ def parameter_count(model_type: str, vocab_size: int, rnn_size: int, num_layers:
 
 
 def smaller_rnn_size(model: CharRNN, characters: int) -> int | None:
-    """The largest halving of the model's rnn_size (down to 16) whose parameters do not outnumber
-    the training characters (char-rnn's rule of thumb: about as many parameters as characters)."""
-    size = model.rnn_size
-    while size > 16 and parameter_count(model.model_type, model.vocab_size, size, model.num_layers) > characters:
-        size //= 2
-    return size if size < model.rnn_size else None
+    """Half the model's rnn_size (at least 16) when its parameters outnumber the training characters
+    (char-rnn's rule of thumb: about as many parameters as characters); None when they do not."""
+    if sum(p.numel() for p in model.parameters()) <= characters or model.rnn_size <= 16:
+        return None
+    return max(16, model.rnn_size // 2)
 
 
 def overfitting_notice(rises: int, best: tuple[int, float], best_path: str, iterations_per_epoch: int,
