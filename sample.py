@@ -5,11 +5,10 @@
 import sys
 from types import SimpleNamespace
 
-import torch
-
 from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkpoint
 from util.device import GPU_OPTIONS, configure_cpu, manual_seed, select_device
 from util.errors import UserError, diagnostic, run_main
+from util.generate import generate
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
 
@@ -71,25 +70,14 @@ def main(argv: list[str]) -> None:
         diagnostic(f"loaded {opt.checkpoint}: {shape['model_type']}, {shape['num_layers']} x {shape['rnn_size']}, "
                    f"vocabulary {len(vocab)}")
     out, encode = sys.stdout.buffer, vocab.token_encoder()
-    with torch.inference_mode():
-        state = model.zero_state(1)
-        logits = torch.zeros(1, len(vocab), device=device)  # no primetext: a uniform first character
-        for index in prime:
-            out.write(encode(vocab.tokens[index]))
-            logits, state = model.step(torch.tensor([index], device=device), state)
+    for index in prime:
+        out.write(encode(vocab.tokens[index]))
+    out.flush()
+    for index in generate(model, prime, opt.length, opt.temperature if opt.sample else 0.0):
+        out.write(encode(vocab.tokens[index]))
         out.flush()
-        for _ in range(opt.length):
-            if opt.sample:
-                probabilities = torch.softmax(logits / opt.temperature, dim=-1)
-                token = torch.multinomial(probabilities, 1)[:, 0]
-            else:
-                token = logits.argmax(dim=-1)
-            out.write(encode(vocab.tokens[int(token.item())]))
-            out.flush()
-            logits, state = model.step(token, state)
     out.write(encode("\n"))
     out.flush()
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -34,7 +34,7 @@ from util.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from util.data import BatchLoader, data_source, load_training_data
+from util.data import SCHEMES, BatchLoader, data_source, load_training_data
 from util.device import (
     GPU_OPTIONS,
     PRECISION_OPTION,
@@ -45,7 +45,8 @@ from util.device import (
     select_device,
     synchronize,
 )
-from util.errors import UserError, run_main
+from util.errors import LINE_BREAKS, UserError, run_main
+from util.generate import generate
 from util.guidance import (
     best_line,
     early_stop_line,
@@ -84,8 +85,13 @@ OPTIONS = [
     Option("dropout", 0.0, "dropout for regularization, used after each RNN hidden layer. 0 = no dropout"),
     Option("seq_length", 50, "number of timesteps to unroll for"),
     Option("batch_size", 50, "number of sequences to train on in parallel"),
+    Option("minibatch", "consecutive", "consecutive: each stream continues the last batch, state carried (char-rnn; "
+                                       "d2l's data_iter_consecutive); random: subsequences at random positions, "
+                                       "state zeroed every batch (d2l's data_iter_random)"),
     Option("max_epochs", 50.0, "number of full passes through the training data"),
     Option("grad_clip", 5.0, "clip gradients at this value"),
+    Option("grad_norm", 0.0, "clip the L2 norm of all gradients together at this value instead of -grad_clip's "
+                             "clamp (d2l's grad_clipping); 0 = off"),
     Option("init_from", "", "initialize network parameters from checkpoint at this path"),
     Option("resume", "", "continue the run saved in this checkpoint exactly where it stopped"),
     Option("seed", 123, "torch manual random number generator seed"),
@@ -99,28 +105,36 @@ OPTIONS = [
     Option("overfit_patience", 3, "validations in a row more than 1% above the best before the over-fitting "
                                   "notice; 0 = no notice"),
     Option("early_stop", 0, "stop the run after N validations in a row more than 1% above the best; 0 = never"),
+    Option("sample_every", 0, "print samples at every Nth validation; 0 = never"),
+    Option("sample_prime", "", "the prefixes of those samples, separated by commas (e.g. 分开,不分开); "
+                               "empty = one sample from a drawn first character"),
+    Option("sample_length", 50, "characters per sample, after its prefix"),
+    Option("sample_temperature", 1.0, "temperature of the samples; 0 = the most likely character (argmax)"),
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
     *GPU_OPTIONS,
     THREADS_OPTION,
     PRECISION_OPTION,
 ]
 SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
-DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length")
+DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length",
+                "minibatch")
 # options -resume cannot change, and what it continues instead
 FIXED_ON_RESUME = {**dict.fromkeys(SHAPE_OPTIONS + DATA_OPTIONS, "the same model on the same data"),
                    "seed": "from the random-number state saved in it"}
 
 
 
-def check_options(opt: SimpleNamespace) -> None:
+def check_options(opt: SimpleNamespace, given: set[str]) -> None:
     if opt.model not in LAYERS:
         raise UserError(f"-model must be lstm, gru or rnn, not '{opt.model}'")
+    if opt.minibatch not in SCHEMES:
+        raise UserError(f"-minibatch must be consecutive or random, not '{opt.minibatch}'")
     for name in ("rnn_size", "num_layers", "seq_length", "batch_size", "max_epochs", "learning_rate",
                  "learning_rate_decay", "grad_clip", "print_every", "eval_val_every"):
         value = getattr(opt, name)
         if not 0 < value < math.inf:
             raise UserError(f"-{name} must be a positive number, not {lua_number(value)}")
-    for name in ("keep", "val_max_batches", "overfit_patience", "early_stop"):
+    for name in ("keep", "val_max_batches", "overfit_patience", "early_stop", "sample_every", "sample_length"):
         if getattr(opt, name) < 0:
             raise UserError(f"-{name} must be 0 or more, not {getattr(opt, name)}")
     for name in ("dropout", "decay_rate"):
@@ -128,6 +142,12 @@ def check_options(opt: SimpleNamespace) -> None:
             raise UserError(f"-{name} must be in [0, 1), not {lua_number(getattr(opt, name))}")
     if not (0 <= opt.train_frac <= 1 and 0 <= opt.val_frac <= 1 and opt.train_frac + opt.val_frac <= 1):
         raise UserError("-train_frac and -val_frac must be in [0, 1] and sum to at most 1")
+    for name in ("grad_norm", "sample_temperature"):
+        if not 0 <= getattr(opt, name) < math.inf:
+            raise UserError(f"-{name} must be 0 or a positive number, not {lua_number(getattr(opt, name))}")
+    if opt.grad_norm > 0 and "grad_clip" in given:
+        raise UserError("use either -grad_clip (clamp each gradient element) or -grad_norm (clip the norm of all "
+                        "gradients together), not both")
     if opt.init_from and opt.resume:
         raise UserError("use either -init_from (new run from weights) or -resume (continue a run), not both")
 
@@ -137,7 +157,8 @@ def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
     shape is the model's, which -init_from may have taken from another checkpoint)."""
     opt, saved = parsed.values, checkpoint["opt"]
     shape = checkpoint["model"]
-    fixed = {**saved, "model": shape["model_type"], "rnn_size": shape["rnn_size"],
+    defaults = {option.name: option.default for option in OPTIONS}  # options older checkpoints lack
+    fixed = {**defaults, **saved, "model": shape["model_type"], "rnn_size": shape["rnn_size"],
              "num_layers": shape["num_layers"]}
     for name, continued in FIXED_ON_RESUME.items():
         if name in parsed.given and getattr(opt, name) != fixed.get(name):
@@ -171,7 +192,7 @@ def main(argv: list[str]) -> int:
     if resume is not None:
         require_training_state(resume, parsed.values.resume)
     opt = resumed_options(parsed, resume) if resume else parsed.values
-    check_options(opt)
+    check_options(opt, parsed.given)
     configure_cpu(opt.threads)
     ranks = distributed.start(use_cuda=opt.gpuid >= 0 and torch.cuda.is_available())
     run = set_up(opt, parsed.given, resume, ranks)
@@ -197,6 +218,7 @@ class Run:
     rows: slice  # this process's streams of each batch
     iterations: int
     say: Callable[..., None]  # print on the main process, nothing elsewhere
+    prefixes: list[list[int]]  # -sample_prime's prefixes as token ids
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -212,18 +234,36 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     source = run_facts(resume)["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
     byte_level = start is not None and checkpoint_vocab(start).is_bytes  # e.g. a char-rnn .t7 model
-    vocab, loader = load_training_data(opt, source, say, BYTES if byte_level else None)
+    vocab, loader = load_training_data(opt, source, say, BYTES if byte_level else None, opt.minibatch, opt.seed)
     rows = ranks.rows(opt.batch_size)
+    prefixes = sample_prefixes(opt.sample_prime, vocab)
     model = starting_model(opt, vocab, start, say).to(device)
     network = DistributedDataParallel(model) if ranks.active else model
     optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
     run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,
-              int(opt.max_epochs * loader.n_batches("train")), say)
+              int(opt.max_epochs * loader.n_batches("train")), say, prefixes)
     describe(run)
     if run.iterations == 0:
         raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
                         f"{run.iterations_per_epoch} per epoch")
     return run
+
+
+def sample_prefixes(text: str, vocab: Vocab) -> list[list[int]]:
+    """-sample_prime as token ids: its comma-separated prefixes, or one empty prefix (the first
+    character drawn from a uniform distribution, as sample.py does without a primetext)."""
+    prefixes = text.split(",") if text else [""]
+    ids = []
+    for prefix in prefixes:
+        if text and not prefix:
+            raise UserError(f"-sample_prime '{text}' has an empty prefix; separate prefixes with single commas")
+        tokens = vocab.text_to_tokens(prefix)
+        unknown = sorted({token for token in tokens if token not in vocab.index})
+        if unknown:
+            raise UserError(f"-sample_prime prefix '{prefix}' has characters that are not in the vocabulary: "
+                            f"{' '.join(repr(token) for token in unknown[:20])}")
+        ids.append([vocab.index[token] for token in tokens])
+    return ids
 
 
 def describe(run: Run) -> None:
@@ -284,6 +324,9 @@ class Trainer:
         self.val_batches = spread_batches(run.loader.n_batches("val"), opt.val_max_batches)
         self.started, self.first_iteration = time.perf_counter(), progress.iteration + 1
         self.overfitting_said = False
+        self.validations = len(progress.val_losses)  # -sample_every counts them
+        # the samples draw from a generator of their own: the run's random numbers stay the run's
+        self.sample_generator = torch.Generator(device=run.device).manual_seed(opt.seed)
         self.cost_said = self.say_validation_cost(*estimate_validation(run, self.val_batches), measured=False)
 
     def train(self) -> int:
@@ -312,8 +355,11 @@ class Trainer:
         """Iteration i's batch, checks and update; returns why the run must stop, if it must."""
         run, opt, progress = self.run, self.run.opt, self.progress
         started = time.perf_counter()
+        if opt.minibatch == "random":  # d2l: each batch's subsequences start from a zero state
+            self.hidden = tuple(torch.zeros_like(part) for part in self.hidden)
         x, y = (t[run.rows].to(run.device) for t in run.loader.next_batch("train"))
-        loss, self.hidden = forward_backward(run.network, x, y, self.hidden, opt.grad_clip, opt.precision)
+        loss, self.hidden = forward_backward(run.network, x, y, self.hidden, opt.grad_clip, opt.precision,
+                                             opt.grad_norm)
         train_loss = run.ranks.mean(loss)
         if train_loss != train_loss:
             return f"loss is NaN at iteration {i}: stopping before the weights are updated."
@@ -362,6 +408,9 @@ class Trainer:
             if not self.cost_said:
                 step_seconds = self.progress.seconds / max(1, len(self.progress.train_losses))
                 self.cost_said = self.say_validation_cost(pass_seconds, step_seconds, measured=True)
+        self.validations += 1
+        if run.ranks.is_main and run.opt.sample_every and self.validations % run.opt.sample_every == 0:
+            self.say_samples(i)
         self.last_saved = self.save(val_loss)
         run.say(f"saved checkpoint {self.last_saved}", flush=True)
         return val_loss
@@ -374,6 +423,19 @@ class Trainer:
         return validation_details(val_loss, best, self.run.iterations_per_epoch,
                                   (len(self.val_batches), self.run.loader.n_batches("val")), elapsed,
                                   elapsed / done * (self.run.iterations - i))
+
+    def say_samples(self, i: int) -> None:
+        """-sample_every's continuations of each prefix, from the model in eval mode."""
+        run, opt = self.run, self.run.opt
+        run.model.eval()
+        for prefix in run.prefixes:
+            ids = [*prefix, *generate(run.model, prefix, opt.sample_length, opt.sample_temperature,
+                                      self.sample_generator)]
+            text = "".join(run.vocab.tokens[k] for k in ids)
+            if run.vocab.is_bytes:
+                text = bytes(ord(token) for token in text).decode("utf-8", errors="replace")
+            run.say(f"sample at epoch {i / run.iterations_per_epoch:.2f}: {text.translate(LINE_BREAKS)}")
+        run.model.train()
 
     def say_validation_cost(self, pass_seconds: float, step_seconds: float, measured: bool) -> bool:
         """The notice when validation takes too much of the run; whether it was given."""

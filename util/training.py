@@ -22,16 +22,21 @@ def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: 
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state: State,
-                     grad_clip: float, precision: str = "fp32") -> tuple[torch.Tensor, State]:
-    """One batch: the loss (mean per character) and clamped gradients of its sum over time steps;
-    returns the loss and the state to carry into the next batch, cut from this batch's graph.
-    `model` is a CharRNN or the DistributedDataParallel wrapping one."""
+                     grad_clip: float, precision: str = "fp32", grad_norm: float = 0.0) -> tuple[torch.Tensor, State]:
+    """One batch: the loss (mean per character) and the gradients of its sum over time steps,
+    clipped: with grad_norm > 0 their global L2 norm to at most grad_norm (d2l's grad_clipping,
+    torch's clip_grad_norm_), else every element clamped to +-grad_clip (char-rnn). Returns the
+    loss and the state to carry into the next batch, cut from this batch's graph. `model` is a
+    CharRNN or the DistributedDataParallel wrapping one."""
     with autocast(x.device, precision):
         logits, state = model(x, state)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
     model.zero_grad(set_to_none=True)
     (loss * x.shape[1]).backward()
-    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    if grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_norm)
+    else:
+        torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
     return loss.detach(), tuple(part.detach() for part in state)
 
 
