@@ -18,6 +18,7 @@ demo: $(VENV)/installed
 	$(PY) preprocess.py --input data/tinyshakespeare/input.txt
 	$(PY) train.py -max_epochs 5 -print_every 100 -savefile demo
 	$(PY) sample.py cv/lm_demo_epoch5.pt -length 600 -temperature 0.8
+	$(PY) plot.py cv/lm_demo_log.csv
 
 # Lint (ruff), types (mypy), then the tests; ruff and mypy read pyproject.toml and print one line per
 # finding and nothing else (mypy: one line when there are none).

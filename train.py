@@ -55,6 +55,7 @@ from util.guidance import (
     validation_details,
 )
 from util.options import Option, Parsed, lua_number, parse_options
+from util.plot import curves_from_progress, draw_loss_plot, loss_plot_path
 from util.training import (
     Progress,
     StopRequest,
@@ -323,7 +324,7 @@ class Trainer:
                                     progress.iteration if opt.resume else None) if run.ranks.is_main else None
         self.val_batches = spread_batches(run.loader.n_batches("val"), opt.val_max_batches)
         self.started, self.first_iteration = time.perf_counter(), progress.iteration + 1
-        self.overfitting_said = False
+        self.overfitting_said, self.plot_drawn, self.plot_failed = False, False, False
         self.validations = len(progress.val_losses)  # -sample_every counts them
         # the samples draw from a generator of their own: the run's random numbers stay the run's
         self.sample_generator = torch.Generator(device=run.device).manual_seed(opt.seed)
@@ -411,6 +412,8 @@ class Trainer:
         self.validations += 1
         if run.ranks.is_main and run.opt.sample_every and self.validations % run.opt.sample_every == 0:
             self.say_samples(i)
+        if val_loss is not None:
+            self.draw_plot()
         self.last_saved = self.save(val_loss)
         run.say(f"saved checkpoint {self.last_saved}", flush=True)
         return val_loss
@@ -423,6 +426,22 @@ class Trainer:
         return validation_details(val_loss, best, self.run.iterations_per_epoch,
                                   (len(self.val_batches), self.run.loader.n_batches("val")), elapsed,
                                   elapsed / done * (self.run.iterations - i))
+
+    def draw_plot(self) -> None:
+        """cv/lm_loss.png, redrawn at every validation; a plot that cannot be drawn is a warning."""
+        run, progress = self.run, self.progress
+        path = loss_plot_path(run.opt.checkpoint_dir, run.opt.savefile)
+        try:
+            curves = curves_from_progress(progress.train_losses, progress.val_losses, run.iterations_per_epoch)
+            draw_loss_plot(path, curves.train, curves.val, curves.best, f"{os.path.basename(path)}: loss per character")
+        except UserError as error:
+            if not self.plot_failed:
+                run.say(f"warning: {error}; training goes on without the plot")
+            self.plot_failed = True
+            return
+        if not self.plot_drawn:
+            run.say(f"loss plot: {path} (redrawn at every validation)")
+        self.plot_drawn = True
 
     def say_samples(self, i: int) -> None:
         """-sample_every's continuations of each prefix, from the model in eval mode."""

@@ -58,6 +58,16 @@ def test_samples_do_not_change_the_run(runs):
          and not line.startswith("sample at")]
 
 
+def test_the_run_keeps_a_loss_plot(runs):
+    stdout = ok(runs["plain"]).stdout
+    assert stdout.count("loss plot: cv/lm_loss.png (redrawn at every validation)") == 1
+    png = (runs.folder("plain") / "cv" / "lm_loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    from matplotlib.image import imread
+    pixels = imread(str(runs.folder("plain") / "cv" / "lm_loss.png"))
+    assert pixels.shape[:2] == (600, 1000) and len({tuple(p) for p in pixels.reshape(-1, pixels.shape[2])}) > 50
+
+
 def test_samples_come_at_every_nth_validation_for_each_prefix(runs):
     found = SAMPLE.findall(ok(runs["samples"]).stdout)
     assert [epoch for epoch, _ in found] == ["2.00", "2.00", "4.00", "4.00"]
