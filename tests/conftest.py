@@ -40,6 +40,18 @@ def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, ti
                           timeout=timeout, env=full_env)
 
 
+def data_folder(folder: Path, text: str) -> Path:
+    """A char-rnn -data_dir: folder/input.txt holding `text` (UTF-8), its cache (input.h5/json)
+    built now, as train.py's first use would build it: runs started together on a folder without
+    it would all preprocess into the same files."""
+    from util.data import load_data_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "input.txt").write_text(text, encoding="utf-8")
+    load_data_dir(str(folder), log=lambda _: None)
+    return folder
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
     """Check a script failed the user-facing way: status 1, one stderr line starting 'Error:',
     no traceback, and every fragment (case-sensitive) in that line. Returns the line."""

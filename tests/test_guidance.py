@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error
+from conftest import REPO, assert_user_error, data_folder
 from runner import Runs, ok
 from util.checkpoint import model_from_checkpoint
-from util.data import load_data_dir, load_training_data
+from util.data import load_training_data
 from util.guidance import format_duration, validation_cost_notice
 from util.training import evaluate_split, rises_since_best, spread_batches
 
@@ -44,13 +44,6 @@ def memorise_text() -> str:
     return "\n".join(" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(60))
 
 
-def data_dir(folder: Path, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "input.txt").write_text(text, encoding="utf-8")
-    load_data_dir(str(folder), log=lambda _: None)  # the cache, once, before runs share the folder
-    return folder
-
-
 def validations(stdout: str) -> list[tuple[float, float, str]]:
     return [(float(epoch), float(loss), best) for epoch, loss, _, best, _ in VALIDATION.findall(stdout)]
 
@@ -67,10 +60,10 @@ def index(folder: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("guidance")
-    memorise = data_dir(root / "memorise", memorise_text())
+    memorise = data_folder(root / "memorise", memorise_text())
     shakespeare = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
-    improve = data_dir(root / "improve", shakespeare[:40_000])
-    whole = data_dir(root / "whole", shakespeare)
+    improve = data_folder(root / "improve", shakespeare[:40_000])
+    whole = data_folder(root / "whole", shakespeare)
     with Runs(workers=3, root=root) as r:
         m = ["-data_dir", memorise, *MEMORISE]
         r.start("memorise", "train.py", *m, "-max_epochs", 20)
@@ -251,6 +244,6 @@ def test_the_cost_notice_needs_both_a_noticeable_pass_and_a_large_share():
 @pytest.mark.parametrize("option", ["-keep", "-val_max_batches", "-overfit_patience", "-early_stop"])
 def test_negative_counts_are_one_line_errors(tmp_path, option):
     from conftest import run_script
-    data = data_dir(tmp_path / "d", memorise_text())
+    data = data_folder(tmp_path / "d", memorise_text())
     assert_user_error(run_script("train.py", "-data_dir", data, *MEMORISE, option, "-1", cwd=tmp_path), option)
     assert not (tmp_path / "cv").exists()

@@ -17,7 +17,7 @@ import torch
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, assert_user_error, data_folder, run_script
 from runner import Runs, ok
 from t7_graphs import BUILDERS, NNGraph
 from t7_writer import write_t7
@@ -91,9 +91,7 @@ def bad_inputs(folder: Path, trained: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("plot")
-    data = root / "data"
-    data.mkdir()
-    (data / "input.txt").write_text(TEXT, encoding="utf-8")
+    data = data_folder(root / "data", TEXT)
     write_char_rnn(root / "lm_lstm_epoch2.00_2.0500.t7", T7_TRAIN, T7_VAL, 40, 2.0)
     with Runs(workers=2, root=root) as r:
         train = r.folder("train")

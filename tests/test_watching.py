@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, data_folder, run_script
 from model import CharRNN
 from runner import Runs, ok
-from util.data import load_data_dir
 from util.errors import LINE_BREAKS
 from util.training import forward_backward
 
@@ -24,10 +23,7 @@ SAMPLE = re.compile(r"^sample at epoch (\d+\.\d\d): (.*)$", re.M)
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("watching")
-    data = root / "data"
-    data.mkdir()
-    (data / "input.txt").write_text(TEXT, encoding="utf-8")
-    load_data_dir(str(data), log=lambda _: None)
+    data = data_folder(root / "data", TEXT)
     with Runs(workers=3, root=root) as r:
         r.start("plain", "train.py", "-data_dir", data, *RUN)
         r.start("samples", "train.py", "-data_dir", data, *RUN, *SAMPLES)
@@ -100,9 +96,7 @@ def test_without_a_prefix_the_first_character_is_drawn(runs):
     (["-grad_norm", 1, "-grad_clip", 5], ["-grad_clip", "-grad_norm", "not both"]),
 ])
 def test_bad_values_are_one_line_errors_before_training(tmp_path, args, fragments):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "input.txt").write_text(TEXT, encoding="utf-8")
+    data = data_folder(tmp_path / "data", TEXT)
     result = run_script("train.py", "-data_dir", data, *RUN, *args, cwd=tmp_path)
     assert_user_error(result, *fragments)
     assert not (tmp_path / "cv").exists()
