@@ -171,9 +171,11 @@ def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
     return opt
 
 
-def starting_model(opt: SimpleNamespace, vocab: Vocab, start: dict | None, say: Callable[..., None]) -> CharRNN:
+def starting_model(opt: SimpleNamespace, given: set[str], vocab: Vocab, start: dict | None,
+                   say: Callable[..., None]) -> CharRNN:
     """A fresh model of the options' shape, or the weights and shape of the -init_from / -resume
-    checkpoint `start` (its shape wins, as in char-rnn; learned forget biases are kept)."""
+    checkpoint `start` (its shape wins, as in char-rnn; learned forget biases are kept). Its dropout
+    too, as char-rnn keeps the saved graph's, unless -dropout is given."""
     if start is None:
         model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
         model.initialize()
@@ -182,8 +184,12 @@ def starting_model(opt: SimpleNamespace, vocab: Vocab, start: dict | None, say: 
     if not checkpoint_vocab(start).same_tokens(vocab):
         raise UserError(f"the vocabulary of {path} ({len(start['vocab']['tokens'])} tokens) differs "
                         f"from the data's ({len(vocab)} tokens)")
-    model = model_from_checkpoint(start, path, dropout=opt.dropout)
+    saved_dropout = start["model"]["dropout"]
+    dropout = opt.dropout if "dropout" in given else saved_dropout
+    model = model_from_checkpoint(start, path, dropout=dropout)
     say(f"loaded the model from {path}: {model.model_type}, {model.num_layers} x {model.rnn_size}")
+    if dropout != saved_dropout:
+        say(f"-dropout {lua_number(dropout)} replaces the checkpoint's {lua_number(saved_dropout)}")
     return model
 
 
@@ -238,7 +244,7 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     vocab, loader = load_training_data(opt, source, say, BYTES if byte_level else None, opt.minibatch, opt.seed)
     rows = ranks.rows(opt.batch_size)
     prefixes = sample_prefixes(opt.sample_prime, vocab)
-    model = starting_model(opt, vocab, start, say).to(device)
+    model = starting_model(opt, given, vocab, start, say).to(device)
     network = DistributedDataParallel(model) if ranks.active else model
     optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
     run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,

@@ -158,3 +158,19 @@ def test_a_run_with_grad_norm_trains_and_records_it(runs):
     plain = load(runs.folder("plain") / "cv" / "lm_epoch4.pt")
     assert not torch.equal(end["state_dict"]["decoder.weight"], plain["state_dict"]["decoder.weight"])
     assert "validation loss at epoch 4.00" in result.stdout
+
+
+# ---- -init_from keeps the checkpoint's dropout ------------------------------------------------------
+
+def test_init_from_keeps_the_checkpoints_dropout_unless_given(runs, tmp_path):
+    ok(runs["plain"])
+    start = runs.folder("plain") / "cv" / "lm_epoch2.pt"  # trained with -dropout 0.3
+    data = data_folder(tmp_path / "data", TEXT)
+    short = ["-data_dir", data, "-batch_size", 4, "-seq_length", 10, "-max_epochs", 0.1, "-gpuid", -1,
+             "-threads", 1, "-init_from", start]
+    kept = ok(run_script("train.py", *short, cwd=tmp_path))
+    assert "replaces the checkpoint's" not in kept.stdout
+    assert load(tmp_path / "cv" / "lm_epoch0.10.pt")["model"]["dropout"] == 0.3
+    given = ok(run_script("train.py", *short, "-dropout", 0, "-checkpoint_dir", "cv0", cwd=tmp_path))
+    assert "-dropout 0 replaces the checkpoint's 0.3" in given.stdout
+    assert load(tmp_path / "cv0" / "lm_epoch0.10.pt")["model"]["dropout"] == 0.0
