@@ -78,9 +78,9 @@ from torch import nn
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from model import CharRNN, State  # noqa: E402
-from util import training  # noqa: E402
 from util.data import char_rnn_splits, load_data_dir  # noqa: E402
 from util.device import configure_cpu  # noqa: E402
+from util.training import forward_backward, rmsprop as char_rnn_rmsprop  # noqa: E402
 
 # name -> (cell, vocabulary, layers, rnn_size)
 CONFIGS = {
@@ -110,7 +110,7 @@ def random_batches(vocab_size: int, batch_size: int, seq_length: int, seed: int 
 
 
 def rmsprop(params: list[nn.Parameter]) -> torch.optim.RMSprop:
-    return training.rmsprop(params, LEARNING_RATE, DECAY_RATE)
+    return char_rnn_rmsprop(params, LEARNING_RATE, DECAY_RATE)
 
 
 def plain_trainer(cell: str, vocab_size: int, layers: int, size: int, batches: list[Batch]) -> Step:
@@ -186,7 +186,7 @@ def our_trainer(cell: str, vocab_size: int, layers: int, size: int, batches: lis
     def step() -> float:
         nonlocal state
         x, y = next(turns)
-        loss, state = training.forward_backward(model, x, y, state, GRAD_CLIP, precision)
+        loss, state = forward_backward(model, x, y, state, GRAD_CLIP, precision)
         value = loss.item()
         optimizer.step()
         return value
