@@ -61,6 +61,10 @@ BIG = 512  # rnn_size whose checkpoints (~25 MB) take long enough to write to be
 PROGRESS = re.compile(r"^(\d+)/(\d+) \(epoch \d+\.\d{3}\), train_loss = (\d+\.\d{8}),")
 STOPPED = re.compile(r"^stopped at iteration (\d+); checkpoint (\S+); continue with: python train.py -resume (\S+)$",
                      re.M)
+# what a process killed mid-write may leave: the temporary file of a checkpoint, the best copy, the index
+# or the loss plot
+TEMPORARY = r"\.(lm_epoch[\d.]+\.pt|lm_best\.pt|lm_index\.csv|lm_loss\.png)\.\d+\.tmp"
+WRITTEN = ("lm_log.csv", "lm_index.csv", "lm_loss.png")  # what a run writes besides its checkpoints
 
 
 def name(iteration: int) -> str:
@@ -327,7 +331,7 @@ def kill_during_write(r: Runs, trial: int, delay: float | None) -> dict:
     run.process.kill()
     out["returncode"], _, out["stderr"] = run.finish()
     out["leftovers"] = sorted(p.name for p in cv.iterdir()
-                              if not p.name.endswith(".pt") and p.name not in ("lm_log.csv", "lm_index.csv"))
+                              if not p.name.endswith(".pt") and p.name not in WRITTEN)
     return out
 
 
@@ -508,11 +512,8 @@ def test_second_sigint_exits_at_once_leaving_only_whole_checkpoints(runs):
         if path.name.endswith(".pt"):
             load(path)
         else:  # anything else is the log, the index or a temporary file, never a checkpoint's name
-            assert path.name in ("lm_log.csv", "lm_index.csv") or re.fullmatch(TEMPORARY, path.name), path.name
+            assert path.name in WRITTEN or re.fullmatch(TEMPORARY, path.name), path.name
 
-
-# what a process killed mid-write may leave: a checkpoint's, the best copy's or the index's temporary file
-TEMPORARY = r"\.(lm_epoch[\d.]+\.pt|lm_best\.pt|lm_index\.csv)\.\d+\.tmp"
 
 
 # ---- SIGKILL while a checkpoint is written ---------------------------------------------------------------
@@ -549,7 +550,7 @@ def test_disk_full_mid_run_is_one_line_and_keeps_earlier_checkpoints(runs):
         path = out["folder"] / "copy.pt"
         path.write_bytes(files[checkpoint])
         assert load(path)["iteration"] >= 1
-    leftovers = [n for n in files if not n.endswith(".pt") and n not in ("lm_log.csv", "lm_index.csv")]
+    leftovers = [n for n in files if not n.endswith(".pt") and n not in WRITTEN]
     assert not leftovers, f"temporary files left on the full disk: {leftovers}"
 
 
