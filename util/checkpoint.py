@@ -34,6 +34,7 @@ import torch
 from model import LAYERS, CharRNN, State
 from util.data import BatchLoader
 from util.errors import UserError
+from util.files import replaced_atomically
 from util.training import Progress
 from util.vocab import Vocab
 
@@ -106,15 +107,9 @@ def read_index(path: str) -> list[IndexRow]:
 
 def write_index(path: str, rows: list[IndexRow]) -> None:
     """Replace the index file whole (a temporary file renamed into place)."""
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows([INDEX_HEADER, *(row.fields() for row in rows)])
-        os.replace(temporary, path)
-    except OSError as error:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise UserError(f"cannot write the checkpoint index {path}: {error.strerror}") from None
+    with replaced_atomically(path, f"the checkpoint index {path}") as temporary, \
+            open(temporary, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([INDEX_HEADER, *(row.fields() for row in rows)])
 
 
 class RunCheckpoints:
@@ -162,18 +157,11 @@ class RunCheckpoints:
 
 def copy_checkpoint(source: str, destination: str) -> None:
     """`destination` becomes a copy of `source` at once (a hard link, else a copy, renamed into place)."""
-    temporary = os.path.join(os.path.dirname(os.path.abspath(destination)),
-                             f".{os.path.basename(destination)}.{os.getpid()}.tmp")
-    try:
+    with replaced_atomically(destination, destination, "; earlier checkpoints are unchanged") as temporary:
         try:
             os.link(source, temporary)
         except OSError:  # a file system without hard links
             shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    except OSError as error:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise UserError(f"cannot write {destination}: {error.strerror}; earlier checkpoints are unchanged") from None
 
 
 # ---- building and restoring ------------------------------------------------------------------------

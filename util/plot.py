@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from util.errors import UserError
+from util.files import replaced_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -291,13 +292,5 @@ def _mark_best(axes: Axes, best: Point) -> None:
 
 def _write_png(figure: Figure, path: str) -> None:
     """Save to a temporary file beside `path`, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    except OSError as error:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise UserError(f"cannot write the loss plot {path}: {error.strerror}") from None
+    with replaced_atomically(path, f"the loss plot {path}") as temporary, open(temporary, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
