@@ -46,7 +46,7 @@ from util.device import (
     synchronize,
 )
 from util.errors import LINE_BREAKS, UserError, run_main
-from util.generate import generate
+from util.generate import Sampling, sample_steps
 from util.guidance import (
     best_line,
     early_stop_line,
@@ -68,7 +68,7 @@ from util.training import (
     rmsprop,
     spread_batches,
 )
-from util.vocab import BYTES, Vocab
+from util.vocab import BYTES, Vocab, unknown_names
 
 OPTIONS = [
     Option("data_dir", "data/tinyshakespeare", "char-rnn style folder with input.txt, preprocessed on first use"),
@@ -265,10 +265,9 @@ def sample_prefixes(text: str, vocab: Vocab) -> list[list[int]]:
         if text and not prefix:
             raise UserError(f"-sample_prime '{text}' has an empty prefix; separate prefixes with single commas")
         tokens = vocab.text_to_tokens(prefix)
-        unknown = sorted({token for token in tokens if token not in vocab.index})
+        unknown = unknown_names(tokens, vocab)
         if unknown:
-            raise UserError(f"-sample_prime prefix '{prefix}' has characters that are not in the vocabulary: "
-                            f"{' '.join(repr(token) for token in unknown[:20])}")
+            raise UserError(f"-sample_prime prefix '{prefix}' has characters that are not in the vocabulary: {unknown}")
         ids.append([vocab.index[token] for token in tokens])
     return ids
 
@@ -334,6 +333,8 @@ class Trainer:
         self.validations = len(progress.val_losses)  # -sample_every counts them
         # the samples draw from a generator of their own: the run's random numbers stay the run's
         self.sample_generator = torch.Generator(device=run.device).manual_seed(opt.seed)
+        temperature = opt.sample_temperature
+        self.sampling = Sampling(temperature or 1.0, sample=temperature > 0)
         self.cost_said = self.say_validation_cost(*estimate_validation(run, self.val_batches), measured=False)
 
     def train(self) -> int:
@@ -454,8 +455,8 @@ class Trainer:
         run, opt = self.run, self.run.opt
         run.model.eval()
         for prefix in run.prefixes:
-            ids = [*prefix, *generate(run.model, prefix, opt.sample_length, opt.sample_temperature,
-                                      self.sample_generator)]
+            ids = [*prefix, *(step[0] for step in sample_steps(run.model, prefix, opt.sample_length, self.sampling,
+                                                                [self.sample_generator]))]
             text = "".join(run.vocab.tokens[k] for k in ids)
             if run.vocab.is_bytes:
                 text = bytes(ord(token) for token in text).decode("utf-8", errors="replace")

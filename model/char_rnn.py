@@ -16,7 +16,7 @@ takes depends on the cell, the device and the vocabulary size V:
     rnn   CUDA/MPS   kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
     gru   CPU        every layer as its `sequence`          every layer as its `sequence`
     gru   CUDA/MPS   every layer as its `sequence`          every layer as its `sequence`
-    sampling (`step`), every cell, device and V: each layer's `step`, one character at a time
+    sampling (`step`, Stepper), every cell, device and V: each layer's `step`, one character at a time
 
 kernel: the cell's fused multi-layer PyTorch function (Layer.kernel: torch.lstm, torch.rnn_tanh),
 one call for the layers named. `sequence`: the layer's hand-written autograd Function over the
@@ -150,6 +150,31 @@ class CharRNN(nn.Module):
                              has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
                              bidirectional=False, batch_first=False)
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
+
+
+class Stepper:
+    """CharRNN.step's arithmetic for generation, in fewer calls per character: layer 1's input
+    product comes from a table made once (i2h's columns plus its bias: the numbers the gather and
+    the addition give), and the state stays a list of each layer's own parts (no stacking, no
+    picking a layer's rows). For a model in eval mode whose weights do not change meanwhile."""
+
+    def __init__(self, model: CharRNN):
+        first = model.layers[0].i2h
+        self.model, self.vocab_size = model, model.vocab_size
+        self.table = (first.weight.t() + first.bias).contiguous()
+
+    def zero_state(self, batch_size: int) -> list[LayerState]:
+        return [tuple(part[n] for part in self.model.zero_state(batch_size)) for n in range(self.model.num_layers)]
+
+    def step(self, tokens: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
+        """tokens (batch,) -> logits (batch, vocab) and the new state, one list entry per layer."""
+        layer_input, new_state = tokens, []
+        for n, layer in enumerate(self.model.layers):
+            sums = self.table.index_select(0, layer_input) if n == 0 else layer.i2h(layer_input)
+            layer_state = layer.step(sums, state[n])
+            layer_input = layer_state[0]
+            new_state.append(layer_state)
+        return self.model.decoder(layer_input), new_state
 
 
 def stack_layers(layer_states: list[LayerState]) -> State:

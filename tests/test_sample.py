@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from conftest import REPO, TINY_TEXT, assert_user_error
 from model import CharRNN
+from model.char_rnn import Stepper, stack_layers
 from runner import Runs, ok
+from util import generate
 from util.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 import sample
@@ -291,18 +293,18 @@ def test_very_low_temperature_samples_the_argmax_text(runs, files):
 
 
 def test_temperature_reshapes_the_distribution_sample_draws_from(files, monkeypatch):
-    """Capture the probabilities sample.py hands to torch.multinomial for the first character after
-    the primetext, at several temperatures: they are softmax(log_softmax(logits) / T)
-    (docs/behaviour.md §2.6), their entropy grows with T, T -> 0 puts all the mass on the argmax,
-    large T is near uniform."""
+    """Capture the probabilities sample.py draws the first character after the primetext from, at
+    several temperatures: they are softmax(log_softmax(logits) / T) (docs/behaviour.md §2.6), their
+    entropy grows with T, T -> 0 puts all the mass on the argmax, large T is near uniform."""
     drawn = []
-    real_multinomial = torch.multinomial
+    real_filtered = generate.filtered_probabilities
 
-    def recording_multinomial(probabilities, *args, **kwargs):
+    def recording_filtered(logits, sampling):
+        probabilities = real_filtered(logits, sampling)
         drawn.append(probabilities.detach().clone())
-        return real_multinomial(probabilities, *args, **kwargs)
+        return probabilities
 
-    monkeypatch.setattr(torch, "multinomial", recording_multinomial)
+    monkeypatch.setattr(generate, "filtered_probabilities", recording_filtered)
     temperatures = [1e-5, 0.01, 0.1, 0.5, 1.0, 2.0, 10.0, 1e4]
     for temperature in temperatures:
         run_in_process([files["ascii"], "-gpuid", -1, "-verbose", 0, "-primetext", PRIME, "-length", 1,
@@ -438,26 +440,28 @@ def test_sampling_keeps_no_autograd_graph(files, monkeypatch):
     """Memory must not grow with -length: every tensor the loop carries from one character to the
     next (logits, state) must be free of autograd history, which would otherwise chain all steps."""
     seen = []
-    real_step = CharRNN.step
+    real_step = Stepper.step
 
     def watching_step(self, tokens, state):
         logits, new_state = real_step(self, tokens, state)
-        seen.append(all(t.grad_fn is None and not t.requires_grad for t in (logits, *new_state)))
+        parts = [logits, *(part for layer in new_state for part in layer)]
+        seen.append(all(t.grad_fn is None and not t.requires_grad for t in parts))
         return logits, new_state
 
-    monkeypatch.setattr(CharRNN, "step", watching_step)
+    monkeypatch.setattr(Stepper, "step", watching_step)
     assert torch.is_grad_enabled()  # the test process has autograd on; sample.py must turn it off
     out = run_in_process([files["ascii"], "-gpuid", -1, "-verbose", 0, "-primetext", PRIME,
                           "-length", 2000], monkeypatch)
     assert len(out.decode("utf-8")) == len(PRIME) + 2000 + 1
-    assert len(seen) == len(PRIME) + 2000 and all(seen)
+    assert len(seen) == len(PRIME) + 2000 - 1 and all(seen)  # no step after the last character
 
 
 @pytest.mark.parametrize("model_type", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("training", [False, True])
 def test_step_equals_the_per_step_graph(model_type, training):
-    """CharRNN.step (what sample.py runs) gives exactly forward_steps' numbers, step after step;
-    in training mode with dropout too (same masks from the same seed: dropout in the same places)."""
+    """CharRNN.step gives exactly forward_steps' numbers, step after step; in training mode with
+    dropout too (same masks from the same seed: dropout in the same places). In eval mode the
+    Stepper, what sample.py runs, gives them too."""
     torch.manual_seed(3)
     model = CharRNN(model_type, len(ASCII_TOKENS), 24, 3, dropout=0.5 if training else 0.0).train(training)
     model.initialize()
@@ -467,6 +471,7 @@ def test_step_equals_the_per_step_graph(model_type, training):
     tokens = torch.randint(len(ASCII_TOKENS), (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fast = reference = model.zero_state(2)
+        stepper, stepped = Stepper(model), Stepper(model).zero_state(2)
         for t in range(tokens.shape[1]):
             torch.manual_seed(t)
             fast_logits, fast = model.step(tokens[:, t], fast)
@@ -475,3 +480,7 @@ def test_step_equals_the_per_step_graph(model_type, training):
             torch.testing.assert_close(fast_logits, reference_logits[:, 0], rtol=0, atol=0)
             for a, b in zip(fast, reference, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+            if not training:
+                stepper_logits, stepped = stepper.step(tokens[:, t], stepped)
+                torch.testing.assert_close(stepper_logits, fast_logits, rtol=0, atol=0)
+                torch.testing.assert_close(stack_layers(stepped), fast, rtol=0, atol=0)

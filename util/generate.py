@@ -1,31 +1,150 @@
-"""Generating text from a model, one character at a time, as char-rnn's sample.lua does: the
-primetext is fed first (without one, the first character comes from a uniform distribution), then
-each next character is the argmax of the logits or a draw from softmax(logits / temperature).
-sample.py and train.py's -sample_every both use it."""
+"""Generating text from a model: the one loop that sample.py, train.py's -sample_every, the Python
+API (util/charmodel.py) and serve.py run.
+
+Sampling is char-rnn's sample.lua for any number of streams at once: the primetext is fed first
+(without one, the first character comes from a uniform distribution), then each next character is
+the argmax of the logits, or a draw from softmax(logits / temperature) after the top-k and top-p
+filters. A draw is torch.multinomial's own method, written out: the argmax of p / q for
+exponential noise q. That is the same number multinomial gives for the same random numbers, without
+its checks (a synchronising .item() per character), and it lets every stream draw its noise from its
+own generator, a block of steps at a time.
+
+Beam search keeps the `beam_size` most probable continuations at every step.
+"""
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from model import CharRNN
+from model.char_rnn import Stepper
+
+DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer when the block would be large)
+DRAW_BLOCK_FLOATS = 1 << 22
 
 
-def generate(model: CharRNN, prime: list[int], length: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None) -> Iterator[int]:
-    """The ids of `length` characters after `prime` (ids), one at a time. temperature 0 takes the
-    argmax; otherwise a draw with `generator` (torch's global one when None). The model must be in
-    eval mode; nothing of its training state (gradients, the global random numbers when a
-    generator is given) is touched."""
+@dataclass(frozen=True)
+class Sampling:
+    """How the next character is chosen. temperature scales the logits; top_k keeps the k most
+    likely characters (0 = all); top_p keeps the fewest most likely characters whose probabilities
+    add up to at least p (1 = all); sample False takes the argmax (the filters then change nothing)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sample: bool = True
+
+
+def filtered_probabilities(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """softmax(logits / temperature) for (streams, V) logits, with the top-k and top-p filters as
+    nanoGPT and Hugging Face apply them: top-k on the scaled logits (ties with the k-th kept), then
+    top-p on what is left, which keeps every character until the probabilities before it reach p.
+    Filtered characters get probability 0; the rest are not renormalised (a draw does not need it)."""
+    scaled = logits if sampling.temperature == 1 else logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(scaled, sampling.top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probabilities = torch.softmax(scaled, dim=-1)
+    if sampling.top_p < 1:
+        ordered, order = probabilities.sort(dim=-1, descending=True)
+        removed_in_order = ordered.cumsum(dim=-1) - ordered >= sampling.top_p
+        removed = torch.zeros_like(removed_in_order).scatter(-1, order, removed_in_order)
+        probabilities = probabilities.masked_fill(removed, 0.0)
+    return probabilities
+
+
+class Noise:
+    """The exponential noise of each stream's draws, from its own generator, drawn a block of steps
+    at a time: the same numbers as drawing each step's (1, V) alone, in far fewer calls."""
+
+    def __init__(self, generators: list[torch.Generator], vocab_size: int, steps: int, device: torch.device):
+        self.generators = generators
+        per_step = len(generators) * vocab_size
+        self.block_steps = max(1, min(DRAW_BLOCK_STEPS, steps, DRAW_BLOCK_FLOATS // per_step))
+        self.block = torch.empty(len(generators), self.block_steps, vocab_size, device=device)
+        self.used = self.block_steps
+
+    def next(self) -> torch.Tensor:
+        """The noise for one step, (streams, V)."""
+        if self.used == self.block_steps:
+            for row, generator in zip(self.block, self.generators, strict=True):
+                row.exponential_(generator=generator)
+            self.used = 0
+        self.used += 1
+        return self.block[:, self.used - 1]
+
+
+def stream_generators(seeds: list[int], device: torch.device, skip: int) -> list[torch.Generator]:
+    """One generator per stream on `device`, seeded, that has first made `skip` draws of uniform
+    numbers (sample.py's draws always came after the model's initialisation had made its own)."""
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device).manual_seed(seed)
+        if skip:
+            torch.empty(skip, device=device).uniform_(generator=generator)
+        generators.append(generator)
+    return generators
+
+
+def sample_steps(model: CharRNN, prime: list[int], length: int, sampling: Sampling,
+                 generators: list[torch.Generator]) -> Iterator[list[int]]:
+    """The characters of len(generators) streams after `prime` (ids), one step at a time: each step's
+    list holds one id per stream. Stream k draws from generators[k]. The model must be in eval mode;
+    nothing of its training state is touched. Stop iterating to stop generating."""
+    streams, device = len(generators), model.decoder.weight.device
+    with torch.inference_mode():
+        stepper = Stepper(model)
+        logits, state = primed(stepper, prime, streams, device)
+        noise = Noise(generators, model.vocab_size, length, device) if sampling.sample else None
+        for n in range(length):
+            if noise is None:
+                tokens = logits.argmax(dim=-1)
+            else:
+                tokens = (filtered_probabilities(logits, sampling) / noise.next()).argmax(dim=-1)
+            yield tokens.tolist()
+            if n + 1 < length:
+                logits, state = stepper.step(tokens, state)
+
+
+def primed(stepper: Stepper, prime: list[int], streams: int, device: torch.device) -> tuple[torch.Tensor, list]:
+    """The logits and state after the primetext, for `streams` streams: uniform logits (zeros) and
+    the zero state without one. The primetext runs once, at batch 1, and is then copied to each stream."""
+    state = stepper.zero_state(1)
+    logits = torch.zeros(1, stepper.vocab_size, device=device)
+    for index in prime:
+        logits, state = stepper.step(torch.tensor([index], device=device), state)
+    if streams == 1:
+        return logits, state
+    return logits.expand(streams, -1), [tuple(part.repeat(streams, 1) for part in layer) for layer in state]
+
+
+def beam_search(model: CharRNN, prime: list[int], length: int, beam_size: int, stop: list[int],
+                results: int = 1) -> list[list[int]]:
+    """The `results` most probable continuations of `prime` that a beam of `beam_size` finds, best
+    first, each `length` ids long or ending with `stop` (ids; none when empty). Hypotheses are
+    ranked by their log-probability per character (length normalisation), which for hypotheses of
+    one length is their probability. Deterministic."""
     device = model.decoder.weight.device
     with torch.inference_mode():
-        state = model.zero_state(1)
-        logits = torch.zeros(1, model.vocab_size, device=device)  # no primetext: a uniform first character
-        for index in prime:
-            logits, state = model.step(torch.tensor([index], device=device), state)
+        stepper = Stepper(model)
+        logits, state = primed(stepper, prime, 1, device)
+        beams: list[list[int]] = [[]]
+        scores = torch.zeros(1, device=device)
+        finished: list[tuple[float, list[int]]] = []
         for _ in range(length):
-            if temperature > 0:
-                probabilities = torch.softmax(logits / temperature, dim=-1)
-                token = torch.multinomial(probabilities, 1, generator=generator)[:, 0]
-            else:
-                token = logits.argmax(dim=-1)
-            yield int(token.item())
-            logits, state = model.step(token, state)
+            total = scores[:, None] + torch.log_softmax(logits, dim=-1)
+            scores, flat = total.flatten().topk(min(beam_size, total.numel()))
+            parents, tokens = (flat // model.vocab_size).tolist(), (flat % model.vocab_size).tolist()
+            beams = [beams[p] + [t] for p, t in zip(parents, tokens, strict=True)]
+            live = [k for k, beam in enumerate(beams) if not (stop and beam[-len(stop):] == stop)]
+            finished += [(scores[k].item() / len(beams[k]), beams[k]) for k in range(len(beams)) if k not in live]
+            if not live:
+                break
+            keep = torch.tensor(live, device=device)
+            rows = torch.tensor(parents, device=device)[keep]
+            beams, scores = [beams[k] for k in live], scores[keep]
+            logits, state = stepper.step(torch.tensor([tokens[k] for k in live], device=device),
+                                         [tuple(part[rows] for part in layer) for layer in state])
+        else:
+            finished += [(score / max(1, length), beam) for score, beam in zip(scores.tolist(), beams, strict=True)]
+    finished.sort(key=lambda candidate: -candidate[0])
+    return [beam for _, beam in finished[:results]]

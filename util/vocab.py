@@ -79,6 +79,11 @@ class Vocab:
         return codecs.getincrementalencoder(self.encoding)(errors="replace").encode
 
 
+def unknown_names(tokens: list[str], vocab: Vocab) -> str:
+    """The tokens missing from the vocabulary, sorted, the first 20 shown as reprs ("" if none)."""
+    return " ".join(repr(t) for t in sorted({t for t in tokens if t not in vocab.index})[:20])
+
+
 def check_text_encoding(encoding: str) -> None:
     """A UserError unless Python can encode and decode text in `encoding`, replacing what it cannot
     encode as sample.py does (not so rot13, base64, zlib and the other bytes-to-bytes codecs)."""
