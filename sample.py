@@ -23,7 +23,7 @@ from util.options import Option, parse_options
 SAMPLE_DELIMITER = "=" * 20  # the line between samples, as gpt-2-simple writes it
 
 OPTIONS = [
-    Option("seed", 123, "random number generator's seed; sample k of -num_samples draws from seed + k - 1"),
+    Option("seed", 123, "random number generator's seed (each of -num_samples has its own, mixed from it)"),
     Option("sample", 1, "0 = take the most likely character (argmax), 1 = sample from the distribution"),
     Option("primetext", "", "text used to prime the hidden state; printed before the generated text"),
     Option("primefile", "", "read the primetext from this file"),
@@ -165,8 +165,8 @@ def stream_one(model: CharModel, request: Request, out: BinaryIO, prime: bytes, 
 
 def run_interactive(model: CharModel, opt: SimpleNamespace, request: Request, out: BinaryIO,
                     corpus: Corpus | None) -> None:
-    """A continuation of each line of stdin, the state fresh for each; line n's samples draw from
-    seed + n * num_samples onwards, so that a line given twice gets new text. A line with
+    """A continuation of each line of stdin, the state fresh for each; line n draws as -seed
+    seed + n would, so that a line given twice gets new text. A line with
     characters outside the vocabulary gets a warning and no continuation."""
     prompt = sys.stdin.isatty()
     for n, line in enumerate(input_lines(prompt)):
@@ -175,7 +175,7 @@ def run_interactive(model: CharModel, opt: SimpleNamespace, request: Request, ou
         except UserError as error:
             diagnostic(f"warning: {error}")
             continue
-        seed = (request.seed + n * request.num_samples)
+        seed = request.seed + n
         write_samples(model, Request(prime, request.length, request.sampling, request.num_samples, request.stop,
                                      seed, request.beam_size), out, corpus, opt.check_copy)
 

@@ -279,3 +279,9 @@ def test_a_stream_checks_its_settings_when_it_is_asked_for_before_any_text(model
         model.stream("Qx", 10)
     with pytest.raises(UserError):
         model.stream(PRIME, 10, top_p=2.0)
+
+
+def test_neighbouring_seeds_share_no_sample(model):
+    first = model.generate(PRIME, 150, num_samples=3, seed=1)
+    second = model.generate(PRIME, 150, num_samples=3, seed=2)
+    assert not set(first) & set(second)

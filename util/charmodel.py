@@ -108,7 +108,7 @@ class CharModel:
     def generate(self, prime: str | bytes = "", length: int = 2000, **settings) -> list[str]:
         """num_samples continuations of `prime` (the prime not included), generated as one batch.
         Settings: temperature, top_k, top_p, sample (False = argmax), num_samples, stop (a text that
-        ends a continuation, itself left out), seed (stream k draws from seed + k; None = any),
+        ends a continuation, itself left out), seed (stream 0 draws from seed, the others from seeds mixed from it and their number; None = any),
         beam_size (with sample=False: the most probable continuations a beam of that width finds)."""
         request = self.check(prime, length, **settings)
         return [self.decode(ids) for ids in self.generate_ids(request)]
@@ -166,10 +166,10 @@ class CharModel:
         yield ids[sent:]
 
     def generators(self, request: Request) -> list[torch.Generator]:
-        """Stream k's generator, seeded with seed + k. On the CPU each first makes the draws that
-        building the model makes, so that sample.py -seed S writes the text it always wrote for S."""
+        """Each stream's generator (stream_seed). On the CPU each first makes the draws that building
+        the model makes, so that sample.py -seed S writes the text it always wrote for S."""
         skip = sum(p.numel() for p in self.model.parameters()) if self.device.type == "cpu" else 0
-        seeds = [(request.seed + k) % SEED_RANGE for k in range(request.num_samples)]
+        seeds = [stream_seed(request.seed, k) for k in range(request.num_samples)]
         return stream_generators(seeds, self.device, skip)
 
     def tokens(self, ids: list[int]) -> list[str]:
@@ -192,6 +192,18 @@ class CharModel:
             return lambda ids, final=False: "".join(self.tokens(ids))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return lambda ids, final=False: decoder.decode(bytes(ord(t) for t in self.tokens(ids)), final)
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """Stream 0's seed is the seed itself (one sample is what it always was); stream k's is
+    splitmix64 of seed + k * golden ratio, so that neighbouring seeds share no stream (seed + k
+    would give -seed 1's second sample to -seed 2's first)."""
+    if stream == 0:
+        return seed % SEED_RANGE
+    z = (seed + stream * 0x9E3779B97F4A7C15) % SEED_RANGE
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 % SEED_RANGE
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB % SEED_RANGE
+    return z ^ (z >> 31)
 
 
 def held_back(ids: list[int], stop: list[int]) -> int:
