@@ -108,8 +108,9 @@ class CharModel:
     def generate(self, prime: str | bytes = "", length: int = 2000, **settings) -> list[str]:
         """num_samples continuations of `prime` (the prime not included), generated as one batch.
         Settings: temperature, top_k, top_p, sample (False = argmax), num_samples, stop (a text that
-        ends a continuation, itself left out), seed (stream 0 draws from seed, the others from seeds mixed from it and their number; None = any),
-        beam_size (with sample=False: the most probable continuations a beam of that width finds)."""
+        ends a continuation, itself left out), seed (stream 0 draws from it, the others from seeds
+        mixed from it and their number, see stream_seed; None = any), beam_size (with sample=False:
+        the most probable continuations a beam of that width finds)."""
         request = self.check(prime, length, **settings)
         return [self.decode(ids) for ids in self.generate_ids(request)]
 
