@@ -21,6 +21,7 @@ from util.files import replaced_atomically
 from util.options import Option, parse_options
 
 SAMPLE_DELIMITER = "=" * 20  # the line between samples, as gpt-2-simple writes it
+MANY_STREAMS = 64  # streams (or beam width) from which sampling uses every core
 
 OPTIONS = [
     Option("seed", 123, "random number generator's seed (each of -num_samples has its own, mixed from it)"),
@@ -55,9 +56,9 @@ def main(argv: list[str]) -> None:
         raise UserError("-interactive reads each primetext from stdin: give it without -primetext and -primefile")
     request = make_request(model, opt, [] if opt.interactive else prime_ids(model, opt))
     corpus = copy_corpus(model, opt.check_copy)
-    # One character at a time every product is tiny and a second thread only adds hand-over costs
-    # (bench/sample_speed.py); many streams or a beam make products large enough to share.
-    configure_cpu(1 if request.num_samples == 1 and not request.beam_size else 0)
+    # A step's products are small: below about MANY_STREAMS rows a second thread costs more in
+    # hand-over than it saves (bench/sample_speed.py), and on a busy machine far more.
+    configure_cpu(0 if max(request.num_samples, request.beam_size) >= MANY_STREAMS else 1)
     if opt.verbose:
         diagnostic(f"loaded {opt.checkpoint}: {model.describe()}")
     with output_stream(opt) as out:
