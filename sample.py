@@ -51,11 +51,12 @@ def main(argv: list[str]) -> None:
                         positional=[("checkpoint", "model checkpoint to sample from")]).values
     check_output(opt)
     manual_seed(opt.seed)  # the seed's range checked; torch's own generator also seeded, as before
-    model = CharModel.load(opt.checkpoint, select_device(opt.gpuid, opt.opencl, log=diagnostic))
+    model = CharModel.load(opt.checkpoint)
     if opt.interactive and (opt.primetext or opt.primefile):
         raise UserError("-interactive reads each primetext from stdin: give it without -primetext and -primefile")
     request = make_request(model, opt, [] if opt.interactive else prime_ids(model, opt))
     corpus = copy_corpus(model, opt.check_copy)
+    model.to(select_device(opt.gpuid, opt.opencl, log=diagnostic))  # after every check of the options
     # A step's products are small: below about MANY_STREAMS rows a second thread costs more in
     # hand-over than it saves (bench/sample_speed.py), and on a busy machine far more.
     configure_cpu(0 if max(request.num_samples, request.beam_size) >= MANY_STREAMS else 1)
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> None:
 
 def prime_ids(model: CharModel, opt: SimpleNamespace) -> list[int]:
     """The primetext (or the primefile's text) as token ids, unknown characters handled."""
-    text: str | bytes = opt.primetext
+    text: str | bytes = command_line_text(model, opt.primetext)
     if opt.primefile:
         try:
             with open(opt.primefile, "rb") as handle:
@@ -90,8 +91,15 @@ def prime_ids(model: CharModel, opt: SimpleNamespace) -> list[int]:
 
 def make_request(model: CharModel, opt: SimpleNamespace, prime: list[int]) -> Request:
     return model.request(prime, opt.length, temperature=opt.temperature, top_k=opt.top_k, top_p=opt.top_p,
-                         sample=bool(opt.sample), num_samples=opt.num_samples, stop=opt.stop, seed=opt.seed,
+                         sample=bool(opt.sample), num_samples=opt.num_samples,
+                         stop=command_line_text(model, opt.stop), seed=opt.seed,
                          beam_size=opt.beam_size, prefix="-")
+
+
+def command_line_text(model: CharModel, text: str) -> str | bytes:
+    """A command-line text for a byte-level model as the bytes the command line gave, even when
+    they are not UTF-8 (Python decoded them with surrogateescape; os.fsencode undoes it)."""
+    return os.fsencode(text) if model.vocab.is_bytes else text
 
 
 def check_output(opt: SimpleNamespace) -> None:

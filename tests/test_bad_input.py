@@ -438,7 +438,7 @@ CASES = [
     Case("sa_no_checkpoint", "sample.py", ["-length", "5"], None, ("missing argument", "checkpoint")),
     Case("sa_extra_argument", "sample.py", ["ck.pt", "extra", "-gpuid", "-1"], with_checkpoint,
          ("unexpected argument 'extra'",)),
-    Case("sa_unknown_option", "sample.py", ["ck.pt", "-top_k", "5"], with_checkpoint, ("-top_k",)),
+    Case("sa_unknown_option", "sample.py", ["ck.pt", "-top_q", "5"], with_checkpoint, ("-top_q",)),
     Case("sa_temperature_zero", "sample.py", ["ck.pt", "-temperature", "0"], with_checkpoint,
          ("-temperature", "0")),
     Case("sa_temperature_nan", "sample.py", ["ck.pt", "-temperature", "nan"], with_checkpoint,

@@ -11,7 +11,7 @@ import codecs
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,12 @@ class CharModel:
         model = model_from_checkpoint(checkpoint, path).to(device)
         return cls(model, checkpoint_vocab(checkpoint), path, training_text_path(checkpoint))
 
+    def to(self, device: str | torch.device) -> "CharModel":
+        """The model moved to `device` (in place); returns self."""
+        self.model.to(device)
+        self.device = self.model.decoder.weight.device
+        return self
+
     def describe(self) -> str:
         model = self.model
         return f"{model.model_type}, {model.num_layers} x {model.rnn_size}, vocabulary {len(self.vocab)}"
@@ -62,7 +68,7 @@ class CharModel:
         """The text as token ids (a file's bytes decode in the vocabulary's encoding). Characters
         missing from the vocabulary are a UserError naming them (then `hint`), or dropped with
         skip_unknown."""
-        tokens = self.vocab.text_to_tokens(prime)
+        tokens = self.vocab.text_to_tokens(self.as_given(prime))
         unknown = unknown_names(tokens, self.vocab)
         if unknown and not skip_unknown:
             raise UserError(f"the {name} has characters that are not in the model's vocabulary: {unknown}{hint}")
@@ -70,14 +76,19 @@ class CharModel:
 
     def unknown_names(self, text: str | bytes) -> str:
         """The text's characters missing from the vocabulary, as prime_ids names them ("" if none)."""
-        return unknown_names(self.vocab.text_to_tokens(text), self.vocab)
+        return unknown_names(self.vocab.text_to_tokens(self.as_given(text)), self.vocab)
+
+    def as_given(self, text: str | bytes) -> str | bytes:
+        """A str for a byte-level model as its UTF-8 bytes, whatever the locale (the command line
+        hands over bytes itself, os.fsencode of what it read)."""
+        return text.encode("utf-8", errors="surrogateescape") if self.vocab.is_bytes and isinstance(text, str) else text
 
     def check(self, prime: str | bytes = "", length: int = 2000, **settings) -> Request:
         """The call's settings checked, as `request` checks them, the prime's characters too."""
         return self.request(self.prime_ids(prime), length, **settings)
 
     def request(self, prime: list[int], length: int = 2000, *, temperature: float = 1.0, top_k: int = 0,
-                top_p: float = 1.0, sample: bool = True, num_samples: int = 1, stop: str = "",
+                top_p: float = 1.0, sample: bool = True, num_samples: int = 1, stop: str | bytes = "",
                 seed: int | None = None, beam_size: int = 0, prefix: str = "") -> Request:
         """The settings for a prime of token ids, checked: a UserError for the first bad value, naming
         it (prefix "-" for the command line's spelling). generate and stream check first, so that an
@@ -114,13 +125,13 @@ class CharModel:
         request = self.check(prime, length, **settings)
         return [self.decode(ids) for ids in self.generate_ids(request)]
 
-    def stream(self, prime: str | bytes = "", length: int = 2000, **settings) -> Iterator[str]:
+    def stream(self, prime: str | bytes = "", length: int = 2000, **settings) -> Generator[str, None, None]:
         """One continuation, in pieces as they are generated (whole characters, also from a
         byte-level model). Settings as generate's, without num_samples and beam_size. Closing the
         iterator stops the generation."""
         return self.pieces(self.check(prime, length, **settings))
 
-    def pieces(self, request: Request) -> Iterator[str]:
+    def pieces(self, request: Request) -> Generator[str, None, None]:
         """stream's pieces for a checked request."""
         decoder = self.piece_decoder()
         for ids in self.stream_ids(request):
