@@ -4,7 +4,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-SCRIPTS = ("train", "sample", "evaluate", "preprocess", "plot")
+SCRIPTS = ("train", "sample", "evaluate", "preprocess", "plot", "serve")
 MAX_FUNCTION_LINES = 60
 
 
