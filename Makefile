@@ -25,7 +25,7 @@ demo: $(VENV)/installed
 test: $(VENV)/installed
 	$(PY) -m ruff check --quiet --output-format concise .
 	$(PY) -m mypy
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache data/input.h5 data/input.json data/tinyshakespeare/input.h5 data/tinyshakespeare/input.json
