@@ -14,8 +14,9 @@ with Torch7 char-rnn .t7 checkpoints.
   predicted once, from all that precede it (the exact loss of the text under the model; it is fed
   in chunks of INPUT_CHUNK characters with the state carried, which changes only the speed).
 
-Either way the text is tokenised as the checkpoint was trained (bytes for char-rnn's .t7 files)
-and must use only characters of the checkpoint's vocabulary; token ids are the checkpoint's.
+Either way the text is tokenised as the checkpoint was trained (bytes for char-rnn's .t7 files;
+with -data_dir, -encoding may name the codec the folder's text is written in instead) and must use
+only characters of the checkpoint's vocabulary; token ids are the checkpoint's.
 
     python evaluate.py -list cv
 
@@ -48,7 +49,7 @@ from util.errors import UserError, diagnostic, run_main
 from util.listing import list_checkpoints
 from util.options import Option, Parsed, lua_number, parse_options
 from util.training import evaluate_split
-from util.vocab import BYTES, Vocab
+from util.vocab import BYTES, Vocab, check_text_encoding
 
 OPTIONS = [
     Option("data_dir", "", "folder with input.txt: evaluate on char-rnn's split of it (see -split)"),
@@ -58,6 +59,8 @@ OPTIONS = [
     Option("seq_length", 0, "with -data_dir: time steps per batch; 0 = the checkpoint's (else 50)"),
     Option("train_frac", 0.0, "with -data_dir: fraction of batches for training; 0 = the checkpoint's (else 0.95)"),
     Option("val_frac", 0.0, "with -data_dir: fraction of batches for validation; 0 = the checkpoint's (else 0.05)"),
+    Option("encoding", "", "with -data_dir: text codec of input.txt (utf-8, latin-1, ...; bytes for a byte-level "
+                           "model); '' = the checkpoint's"),
     *GPU_OPTIONS,
     THREADS_OPTION,
     Option("verbose", 1, "0 = print only the result line; diagnostics go to stderr"),
@@ -67,7 +70,7 @@ OPTIONS = [
 DESCRIPTION = "Loss, bits per character and perplexity of a checkpoint on text; -list DIR lists checkpoints."
 CHECKPOINT = [("checkpoint", "model checkpoint (.pt or char-rnn .t7); not with -list")]
 FALLBACKS = {"batch_size": 50, "seq_length": 50, "train_frac": 0.95, "val_frac": 0.05}
-DATA_DIR_ONLY = ("split", "batch_size", "seq_length", "train_frac", "val_frac")
+DATA_DIR_ONLY = ("split", "batch_size", "seq_length", "train_frac", "val_frac", "encoding")
 # -input's chunk length: it changes only the speed, never the loss. Each model call has a fixed
 # cost, so chunks are long enough that it no longer shows (longer ones were no faster), while a
 # chunk's logits (chunk x vocabulary floats) stay small even for large vocabularies. Timed with
@@ -105,6 +108,8 @@ def check_source(opt: SimpleNamespace, given: set[str]) -> None:
         raise UserError(f"{names} only apply with -data_dir; -input FILE is evaluated as one stream")
     if opt.split not in SPLITS:
         raise UserError(f"-split must be train, val or test, not '{opt.split}'")
+    if opt.encoding not in ("", BYTES):
+        check_text_encoding(opt.encoding)
 
 
 def resolve_options(opt: SimpleNamespace, saved: dict) -> None:
@@ -159,18 +164,29 @@ def onto_checkpoint(ids: np.ndarray, data_vocab: Vocab, vocab: Vocab, text: str,
     return mapping[ids]
 
 
-def data_dir_ids(data_dir: str, vocab: Vocab, path: str, log) -> tuple[np.ndarray, str]:
-    """DIR/input.txt as the checkpoint's ids, tokenised as the checkpoint was trained (bytes for a
-    byte-level model such as a char-rnn .t7)."""
+def data_dir_ids(data_dir: str, vocab: Vocab, path: str, log, encoding: str = "") -> tuple[np.ndarray, str]:
+    """DIR/input.txt as the checkpoint's ids, read in `encoding` (-encoding), by default as the
+    checkpoint was trained: bytes for a byte-level model such as a char-rnn .t7, else its codec, where
+    text that does not decode is an error (a byte fallback would score other characters)."""
     text = os.path.join(data_dir, "input.txt")
-    data_vocab, ids = load_data_dir(data_dir, log, BYTES if vocab.is_bytes else None)
+    chosen = encoding or vocab.encoding
+    if (chosen == BYTES) != vocab.is_bytes:
+        raise UserError(f"-encoding {chosen} does not fit {path}, a model of "
+                        f"{'bytes: give -encoding bytes' if vocab.is_bytes else 'characters: give their codec'}, "
+                        f"or leave -encoding out to read the text as the checkpoint was trained")
+    try:
+        data_vocab, ids = load_data_dir(data_dir, log, chosen)
+    except DecodeError as error:
+        head = str(error).split(";")[0]
+        raise UserError(f"{head} (-encoding {chosen})" if encoding else
+                        f"{head}, but {path} reads {chosen} text; give the text's codec with -encoding") from None
     return onto_checkpoint(ids, data_vocab, vocab, text, path), text
 
 
 def evaluate_data_dir(model: CharRNN, vocab: Vocab, opt: SimpleNamespace, device: torch.device,
                       log: Callable[[str], None]) -> Result:
     """char-rnn's eval_split on the chosen split of DIR/input.txt (util.training.evaluate_split)."""
-    ids, text = data_dir_ids(opt.data_dir, vocab, opt.checkpoint, log)
+    ids, text = data_dir_ids(opt.data_dir, vocab, opt.checkpoint, log, opt.encoding)
     batch_size, seq_length = opt.batch_size, opt.seq_length
     splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)
     counts = ", ".join(f"{name} {splits[name].n_batches}" for name in SPLITS)

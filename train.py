@@ -34,7 +34,7 @@ from util.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from util.data import SCHEMES, BatchLoader, data_source, load_training_data
+from util.data import SCHEMES, BatchLoader, codec_key, data_source, load_training_data
 from util.device import (
     GPU_OPTIONS,
     PRECISION_OPTION,
@@ -68,7 +68,7 @@ from util.training import (
     rmsprop,
     spread_batches,
 )
-from util.vocab import BYTES, Vocab, unknown_names
+from util.vocab import BYTES, Vocab, check_text_encoding, unknown_names
 
 OPTIONS = [
     Option("data_dir", "data/tinyshakespeare", "char-rnn style folder with input.txt, preprocessed on first use"),
@@ -76,6 +76,9 @@ OPTIONS = [
     Option("input_json", "data/input.json", "vocabulary written by preprocess.py"),
     Option("train_frac", 0.95, "fraction of batches for training (with -data_dir)"),
     Option("val_frac", 0.05, "fraction of batches for validation (with -data_dir)"),
+    Option("encoding", "utf-8", "text codec of -data_dir's input.txt (utf-8, latin-1, ...); bytes = one token "
+                                "per byte, as char-rnn; utf-8 falls back to bytes, with a notice, for text "
+                                "that is not UTF-8"),
     Option("rnn_size", 128, "size of the LSTM internal state"),
     Option("num_layers", 2, "number of layers in the LSTM"),
     Option("model", "lstm", "lstm, gru or rnn"),
@@ -117,8 +120,8 @@ OPTIONS = [
     PRECISION_OPTION,
 ]
 SHAPE_OPTIONS = ("model", "rnn_size", "num_layers")
-DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "batch_size", "seq_length",
-                "minibatch")
+DATA_OPTIONS = ("data_dir", "input_h5", "input_json", "train_frac", "val_frac", "encoding", "batch_size",
+                "seq_length", "minibatch")
 # options -resume cannot change, and what it continues instead
 FIXED_ON_RESUME = {**dict.fromkeys(SHAPE_OPTIONS + DATA_OPTIONS, "the same model on the same data"),
                    "seed": "from the random-number state saved in it"}
@@ -151,6 +154,8 @@ def check_options(opt: SimpleNamespace, given: set[str]) -> None:
                         "gradients together), not both")
     if opt.init_from and opt.resume:
         raise UserError("use either -init_from (new run from weights) or -resume (continue a run), not both")
+    if opt.encoding != BYTES:
+        check_text_encoding(opt.encoding)
 
 
 def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
@@ -204,7 +209,7 @@ def main(argv: list[str]) -> int:
     ranks = distributed.start(use_cuda=opt.gpuid >= 0 and torch.cuda.is_available())
     run = set_up(opt, parsed.given, resume, ranks)
     status = Trainer(run, *starting_point(run, resume, parsed.given)).train()
-    distributed.finish(ranks)
+    distributed.finish(run.ranks)  # set_up's, which knows the device and group
     return status
 
 
@@ -236,16 +241,19 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     """Device, data, model and optimizer of a new or resumed run, described as char-rnn does."""
     say: Callable[..., None] = print if ranks.is_main else (lambda *_, **__: None)
     manual_seed(opt.seed)
-    device = select_device(ranks.local_rank if ranks.active and opt.gpuid >= 0 else opt.gpuid, opt.opencl, say)
+    device = select_device(opt.gpuid, opt.opencl, say, ranks.local_rank if ranks.active else None)
+    ranks = distributed.on_device(ranks, device, say)
     check_precision(opt.precision, device, say)
     source = run_facts(resume)["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
-    byte_level = start is not None and checkpoint_vocab(start).is_bytes  # e.g. a char-rnn .t7 model
-    vocab, loader = load_training_data(opt, source, say, BYTES if byte_level else None, opt.minibatch, opt.seed)
+    vocab, loader = load_training_data(opt, source, say, data_encoding(opt, given, start), opt.minibatch, opt.seed)
+    if source == "h5" and "encoding" in given and codec_key(opt.encoding) != codec_key(vocab.encoding):
+        raise UserError(f"-encoding {opt.encoding} does not match {opt.input_json}, preprocessed as {vocab.encoding}; "
+                        f"-encoding reads -data_dir's text (preprocess.py -encoding sets that of an HDF5/JSON pair)")
     rows = ranks.rows(opt.batch_size)
     prefixes = sample_prefixes(opt.sample_prime, vocab)
     model = starting_model(opt, given, vocab, start, say).to(device)
-    network = DistributedDataParallel(model) if ranks.active else model
+    network = DistributedDataParallel(model, process_group=ranks.group) if ranks.active else model
     optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
     run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,
               int(opt.max_epochs * loader.n_batches("train")), say, prefixes)
@@ -254,6 +262,20 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
         raise UserError(f"-max_epochs {lua_number(opt.max_epochs)} is less than one iteration of the "
                         f"{run.iterations_per_epoch} per epoch")
     return run
+
+
+def data_encoding(opt: SimpleNamespace, given: set[str], start: dict | None) -> str | None:
+    """How -data_dir's text is read (util.data.load_data_dir): as bytes for a byte-level checkpoint
+    to start from (a char-rnn .t7 model), else in -encoding; the default UTF-8 as None, which falls
+    back to bytes for text that is not UTF-8."""
+    if start is not None and checkpoint_vocab(start).is_bytes:
+        if "encoding" in given and opt.encoding != BYTES:
+            raise UserError(f"-encoding {opt.encoding} does not fit {opt.resume or opt.init_from}, a byte-level "
+                            f"model: its text is read as bytes")
+        return BYTES
+    if "encoding" not in given and codec_key(opt.encoding) == "utf-8":
+        return None
+    return opt.encoding
 
 
 def sample_prefixes(text: str, vocab: Vocab) -> list[list[int]]:

@@ -145,7 +145,9 @@ class CharRNN(nn.Module):
         cell = self.layers[0]  # all layers share the cell's kernel and kernel_weights
         assert cell.kernel is not None, "_run takes the kernel path only for a cell that has a kernel"
         layers = self.layers[first:]
-        hidden = tuple(part[first:] for part in state)
+        # cuDNN takes no strided state ("rnn: hx is not contiguous"), such as a process's rows of a
+        # batch under torchrun; for a contiguous state this is the same tensor
+        hidden = tuple(part[first:].contiguous() for part in state)
         result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
                              has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
                              bidirectional=False, batch_first=False)

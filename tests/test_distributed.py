@@ -1,12 +1,16 @@
-"""Data-parallel training under torchrun (gloo on the CPU) equals one process on the whole batch."""
+"""Data-parallel training under torchrun (gloo on the CPU) equals one process on the whole batch;
+with a mocked torch.distributed, the group processes on CUDA talk in (util.distributed.on_device)."""
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from conftest import REPO, TINY_TEXT, run_script
+from util import distributed
 
 ARGS = ["-rnn_size", "16", "-num_layers", "2", "-batch_size", "4", "-seq_length", "8", "-max_epochs", "2",
         "-gpuid", "-1", "-threads", "1", "-print_every", "1", "-eval_val_every", "1000"]
@@ -89,3 +93,46 @@ def test_early_stop_ends_every_process_together(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "stopping early (-early_stop 1)" in result.stdout
     assert result.stdout.splitlines()[-1].startswith("best checkpoint: cv/lm_best.pt")
+
+
+# ---- on_device: which group the processes talk in, by mocks (tests/test_cuda.py runs it on a GPU) ----
+
+@pytest.fixture
+def two_nccl_processes(monkeypatch):
+    """Rank 0 of two under NCCL whose peers report `peers` (the GPU identities all_gather_object
+    fills in); new_group gives a marker for the gloo group."""
+    fake = SimpleNamespace(peers=[], groups=[])
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(dist, "new_group", lambda backend=None: fake.groups.append(backend) or f"{backend} group")
+
+    def all_gather_object(found, mine, group=None):
+        assert group == "gloo group"
+        found[:] = [mine, *fake.peers]
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(uuid="GPU-aaaa"))
+    return fake
+
+
+def test_processes_on_gpus_of_their_own_talk_over_nccl_on_their_gpu(two_nccl_processes):
+    two_nccl_processes.peers = ["GPU-bbbb"]
+    said = []
+    ranks = distributed.on_device(distributed.Ranks(0, 2, 0), torch.device("cuda", 0), said.append)
+    assert ranks.device == torch.device("cuda", 0) and ranks.group is None and said == []
+
+
+def test_processes_sharing_a_gpu_talk_over_gloo_with_a_notice(two_nccl_processes):
+    """NCCL refuses two processes on one GPU; gloo carries their CUDA tensors through host memory."""
+    two_nccl_processes.peers = ["GPU-aaaa"]
+    said = []
+    ranks = distributed.on_device(distributed.Ranks(0, 2, 0), torch.device("cuda", 0), said.append)
+    assert ranks.group == "gloo group" and ranks.device == torch.device("cpu")
+    assert said == ["notice: the 2 processes run on 1 GPU; NCCL needs a GPU of its own for each process, so they "
+                    "talk over gloo instead (through host memory, slower)"]
+
+
+def test_one_process_and_cpu_processes_are_left_as_they_are(two_nccl_processes):
+    alone = distributed.Ranks()
+    assert distributed.on_device(alone, torch.device("cuda", 0)) is alone
+    cpu = distributed.Ranks(1, 2, 1)
+    assert distributed.on_device(cpu, torch.device("cpu")) is cpu
+    assert two_nccl_processes.groups == []  # no group made, nothing gathered

@@ -175,8 +175,10 @@ def test_uint32_above_65535_tokens(tmp_path):
 
 
 def test_id_dtype():
-    assert [corpus.id_dtype(n) for n in (1, 255, 256, 65535, 65536)] == [
-        np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
+    """2-byte ids only up to 32,767 tokens: torch-rnn's reader takes them as signed shorts
+    (tests/test_torch_rnn_files.py)."""
+    assert [corpus.id_dtype(n) for n in (1, 255, 256, 32767, 32768, 65535, 65536)] == [
+        np.uint8, np.uint8, np.uint16, np.uint16, np.uint32, np.uint32, np.uint32]
 
 
 def test_summary_and_quiet(tmp_path, tiny_file):

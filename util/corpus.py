@@ -35,11 +35,18 @@ class SplitSizes:
     test: int
 
 
+# The largest vocabulary stored in 2-byte ids: torch-hdf5 (torch-rnn's reader) picks the Torch type by
+# the width alone, so 2-byte ids become a signed ShortTensor and ids above 32,767 would turn negative.
+MAX_UINT16_VOCAB = 32767
+
+
 def id_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned type that holds ids 1..vocab_size."""
+    """The smallest unsigned type that holds ids 1..vocab_size and that torch-rnn reads back unchanged:
+    uint8 up to 255 tokens, uint16 up to 32,767, else uint32 (1-byte ids become torch-hdf5's unsigned
+    ByteTensor, 2- and 4-byte ids its signed Short/IntTensor)."""
     if vocab_size <= 255:
         return np.dtype(np.uint8)
-    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+    return np.dtype(np.uint16 if vocab_size <= MAX_UINT16_VOCAB else np.uint32)
 
 
 def _open_input(path: str) -> BinaryIO:
@@ -116,20 +123,7 @@ def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, tes
     if total == 0:
         raise UserError(f"{path} is empty: there is nothing to train on")
     sizes = split_sizes(total, val_frac, test_frac)
-    if os.path.abspath(output_h5) == os.path.abspath(output_json):
-        raise UserError("-output_h5 and -output_json must be different files")
-    for output in (output_h5, output_json):
-        if os.path.exists(output) and os.path.samefile(output, path):
-            raise UserError(f"output {output} is the input file; choose another -output_h5/-output_json")
-        if os.path.isdir(output):
-            raise UserError(f"output {output} is a folder, not a file name")
-        folder = os.path.dirname(os.path.abspath(output))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create output folder {folder}: {error.strerror}") from None
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"cannot write to folder {folder}")
+    _check_outputs(path, output_h5, output_json)
     dtype = id_dtype(len(vocab))
     lookup = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=dtype)
     lookup[[ord(t) for t in vocab.tokens]] = np.arange(1, len(vocab) + 1, dtype=dtype)
@@ -158,7 +152,32 @@ def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, tes
     log(f"vocabulary size: {len(vocab)} ({'bytes' if encoding == BYTES else encoding}), ids stored as {dtype.name}")
     log(f"tokens: train {sizes.train}, val {sizes.val}, test {sizes.test}")
     log(f"wrote {output_h5} and {output_json}")
+    empty = [name for name, size in (("val", sizes.val), ("test", sizes.test)) if size == 0]
+    if empty:
+        # as torch-rnn's own preprocess.py writes them; said here, because its loader fails on them much later
+        log(f"note: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: fine for train.py, "
+            f"but torch-rnn's train.lua cannot load an empty split; for torch-rnn give "
+            f"{' and '.join(f'-{name}_frac' for name in empty)} (its default: 0.1)")
     return vocab, sizes
+
+
+def _check_outputs(path: str, output_h5: str, output_json: str) -> None:
+    """A UserError unless both outputs are distinct files, not the input, in folders that exist (made
+    now if missing) and can be written."""
+    if os.path.abspath(output_h5) == os.path.abspath(output_json):
+        raise UserError("-output_h5 and -output_json must be different files")
+    for output in (output_h5, output_json):
+        if os.path.exists(output) and os.path.samefile(output, path):
+            raise UserError(f"output {output} is the input file; choose another -output_h5/-output_json")
+        if os.path.isdir(output):
+            raise UserError(f"output {output} is a folder, not a file name")
+        folder = os.path.dirname(os.path.abspath(output))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create output folder {folder}: {error.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"cannot write to folder {folder}")
 
 
 def _write_ids(datasets: list, ids: np.ndarray, written: int) -> int:

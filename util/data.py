@@ -4,8 +4,15 @@ Two sources, each with its reference project's batches:
 - torch-rnn's HDF5/JSON pair: each split separately laid out as batch_size contiguous streams.
 - char-rnn's `-data_dir` folder with `input.txt`: the whole text laid out as batch_size rows, the
   splits taken as column blocks (so val losses compare with char-rnn's).
-Either way a split is a pair of (batch_size, n_batches * seq_length) arrays of 0-based ids, and
-batch k is the k-th seq_length-wide column block of both.
+Either way a split is batch_size rows of n_batches * seq_length inputs, each row's targets the
+tokens one on, and batch k is the k-th seq_length-wide column block of both.
+
+Nothing the size of a split is built: a batch is cut from the split's ids as stored when it is asked
+for (Split.cut). Training maps the HDF5 datasets from the file (np.memmap, map_h5_json) instead of
+reading them in, and takes the files' 1-based ids to 0-based one batch at a time, so its memory does
+not grow with the corpus. A chunked dataset (compressed, say), whose bytes are not the ids as they
+are, is read into memory instead. The pages of the map that batches have read count in the process's
+resident memory, but they are the file's page cache, which the kernel drops under memory pressure.
 
 Two schemes hand out the training batches (validation and test are always consecutive):
 - "consecutive" (the default; char-rnn's, and d2l's data_iter_consecutive): batch k of every epoch is
@@ -27,11 +34,14 @@ Two schemes hand out the training batches (validation and test are always consec
   position // n_batches, batch position % n_batches): restoring it resumes the same batches
   without saving any generator state.
 """
+import codecs
+import functools
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -40,40 +50,99 @@ import torch
 from util.corpus import DecodeError, preprocess
 from util.errors import UserError
 from util.options import lua_number
-from util.vocab import BYTES, Vocab
+from util.vocab import BYTES, Vocab, check_text_encoding
 
 SPLITS = ("train", "val", "test")
 SCHEMES = ("consecutive", "random")  # how training batches are handed out (module docstring)
 
 
+# ids checked per read when a split is mapped: the check holds one buffer of this many, never the split
+CHECK_TOKENS = 1 << 22
+Taken = TypeVar("Taken")  # what a reader of the splits makes of each dataset (read_splits)
+IdCheck = Callable[[np.ndarray], None]
+
+
 def read_h5_json(h5_path: str, json_path: str) -> tuple[Vocab, dict[str, np.ndarray]]:
-    """Load our or torch-rnn's files: the vocabulary and each split's 0-based ids."""
+    """Load our or torch-rnn's files: the vocabulary and each split's 0-based ids, read into memory
+    (evaluate.py, the -data_dir cache); training maps the files instead (map_h5_json)."""
+    vocab = read_vocab(json_path)
+    storage = id_storage(len(vocab))
+
+    def in_memory(dataset: h5py.Dataset, check: IdCheck) -> np.ndarray:
+        ids = dataset[()]
+        check(ids)
+        zero_based = ids if ids.dtype == storage else np.empty(ids.shape, storage)
+        np.subtract(ids, 1, out=zero_based, casting="unsafe")  # in place where it can: `ids - 1` is a copy
+        return zero_based
+
+    return vocab, read_splits(h5_path, json_path, len(vocab), in_memory)
+
+
+def map_h5_json(h5_path: str, json_path: str) -> tuple[Vocab, dict[str, "Tokens"]]:
+    """The same files as training reads them: the vocabulary and each split's ids as stored
+    (1-based), mapped from the file where the dataset allows (map_ids), so that no split is read in."""
+    vocab = read_vocab(json_path)
+    return vocab, read_splits(h5_path, json_path, len(vocab), map_ids)
+
+
+def read_vocab(json_path: str) -> Vocab:
     try:
         with open(json_path, encoding="utf-8") as handle:
-            vocab = Vocab.from_json(json.load(handle), json_path)
+            return Vocab.from_json(json.load(handle), json_path)
     except FileNotFoundError:
         raise UserError(f"vocabulary file {json_path} does not exist (run preprocess.py first)") from None
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read vocabulary file {json_path}: {error}") from None
-    splits = {}
+
+
+def read_splits(h5_path: str, json_path: str, vocab_size: int,
+                take: Callable[[h5py.Dataset, IdCheck], Taken]) -> dict[str, Taken]:
+    """Each split's dataset, checked to be 1-D integer ids, as `take` makes it; `take` runs the check
+    it is given on every id of the dataset (ids outside 1..vocab_size: the files do not match)."""
+    splits: dict[str, Taken] = {}
     try:
         with h5py.File(h5_path, "r") as h5:
             for name in SPLITS:
-                if name in h5:
-                    splits[name] = h5[name][()]
-                elif name != "test":
-                    raise UserError(f"{h5_path} has no '{name}' dataset")
+                if name not in h5:
+                    if name != "test":
+                        raise UserError(f"{h5_path} has no '{name}' dataset")
+                    continue
+                dataset = h5[name]
+                if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1 or dataset.dtype.kind not in "iu":
+                    raise UserError(f"{h5_path}: dataset '{name}' is not a 1-D array of integer ids")
+                mismatch = f"{h5_path} does not match {json_path}: split '{name}' has ids outside 1..{vocab_size}"
+                splits[name] = take(dataset, functools.partial(check_ids, vocab_size=vocab_size, message=mismatch))
     except FileNotFoundError:
         raise UserError(f"data file {h5_path} does not exist (run preprocess.py first)") from None
     except (OSError, KeyError, TypeError) as error:
         raise UserError(f"cannot read data file {h5_path}: {str(error).splitlines()[0]}") from None
-    for name, ids in splits.items():
-        if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise UserError(f"{h5_path}: dataset '{name}' is not a 1-D array of integer ids")
-        if len(ids) and (ids.min() < 1 or ids.max() > len(vocab)):
-            raise UserError(f"{h5_path} does not match {json_path}: split '{name}' has ids outside 1..{len(vocab)}")
-        splits[name] = (ids - 1).astype(id_storage(len(vocab)), copy=False)
-    return vocab, splits
+    return splits
+
+
+def check_ids(ids: np.ndarray, vocab_size: int, message: str) -> None:
+    if len(ids) and (ids.min() < 1 or ids.max() > vocab_size):
+        raise UserError(message)
+
+
+def map_ids(dataset: h5py.Dataset, check: IdCheck) -> "Tokens":
+    """A split's ids as stored: a read-only np.memmap over the file where they lie in it as plain
+    bytes (a contiguous dataset: preprocess.py's and torch-rnn's); a chunked one (compressed, say)
+    cannot be mapped and is read into memory instead."""
+    offset = dataset.id.get_offset()  # None until written, and for storage other than contiguous
+    if offset is None or dataset.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS or dataset.external:
+        ids = dataset[()]
+        check(ids)
+        return Tokens(ids, base=1)
+    # checked through reads, not through the map: every page read through the map would stay resident
+    buffer = np.empty(min(len(dataset), CHECK_TOKENS), dataset.dtype)
+    for start in range(0, len(dataset), CHECK_TOKENS):
+        part = buffer[:min(CHECK_TOKENS, len(dataset) - start)]
+        dataset.read_direct(part, np.s_[start:start + len(part)])
+        check(part)
+    try:
+        return Tokens(np.memmap(dataset.file.filename, dataset.dtype, "r", offset, dataset.shape), base=1)
+    except (OSError, ValueError):  # a file system that cannot map files
+        return Tokens(dataset[()], base=1)
 
 
 def id_storage(vocab_size: int) -> np.dtype:
@@ -82,29 +151,67 @@ def id_storage(vocab_size: int) -> np.dtype:
 
 def load_data_dir(data_dir: str, log: Callable[[str], None] = print,
                   encoding: str | None = None) -> tuple[Vocab, np.ndarray]:
-    """char-rnn's folder: input.txt, preprocessed into a cache beside it when missing or stale.
+    """char-rnn's folder: input.txt, preprocessed into a cache beside it (data_dir_cache) when the
+    cache is missing, older than input.txt or of another encoding.
 
-    By default the tokens are UTF-8 code points (cache input.h5/input.json), or bytes with a notice
-    when the text is not UTF-8. encoding='bytes' asks for byte tokens, as a char-rnn (.t7) model was
-    trained on; they get a cache of their own (input.bytes.h5/input.bytes.json)."""
+    encoding None (the default): UTF-8 code points, or bytes with a notice when the text is not
+    UTF-8. Any other encoding is read as asked, and text that does not decode in it is an error:
+    'bytes' gives byte tokens (char-rnn's; what a char-rnn .t7 model was trained on), never with that
+    notice, 'utf-8' gives code points or the error, a codec such as latin-1 its characters."""
     text = os.path.join(data_dir, "input.txt")
-    stem = "input.bytes" if encoding == BYTES else "input"
-    h5_path, json_path = os.path.join(data_dir, f"{stem}.h5"), os.path.join(data_dir, f"{stem}.json")
     if not os.path.isfile(text):
         raise UserError(f"data folder {data_dir} has no input.txt")
-    stale = not (os.path.exists(h5_path) and os.path.exists(json_path)) or \
-        os.path.getmtime(text) > min(os.path.getmtime(h5_path), os.path.getmtime(json_path))
+    h5_path, json_path = data_dir_cache(data_dir, encoding)
+    # the default cache may hold either: the UTF-8 tokens asked for, or the bytes they fell back to
+    accepted = {"utf-8", BYTES} if encoding is None else {codec_key(encoding)}
+    stale = cache_is_stale(text, h5_path, json_path, accepted)
     if stale:
         log(f"one-time setup: preprocessing {text} into {h5_path} and {json_path}")
         try:
             preprocess(text, h5_path, json_path, 0.0, 0.0, encoding or "utf-8", log=lambda _: None)
         except DecodeError as error:
+            if encoding is not None:
+                raise
             log(f"notice: {error}; using byte-level tokens, as char-rnn does")
             preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
     vocab, splits = read_h5_json(h5_path, json_path)
-    if vocab.is_bytes and not stale and encoding != BYTES:
+    if vocab.is_bytes and not stale and encoding is None:
         log(f"notice: {text} is not valid UTF-8; using byte-level tokens, as char-rnn does")
     return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
+
+
+def codec_key(encoding: str) -> str:
+    """'bytes', or Python's own name of a text codec (latin-1 and iso-8859-1 are both iso8859-1);
+    a UserError for an unknown codec."""
+    if encoding == BYTES:
+        return BYTES
+    check_text_encoding(encoding)
+    return codecs.lookup(encoding).name
+
+
+def data_dir_cache(data_dir: str, encoding: str | None) -> tuple[str, str]:
+    """The HDF5/JSON cache of DIR/input.txt read in `encoding` (load_data_dir), beside it:
+    input.h5/input.json for UTF-8 and the default, input.bytes.h5/input.bytes.json for bytes, and
+    input.CODEC.h5/input.CODEC.json for another codec (CODEC as codec_key names it), so that tokens
+    of one encoding never replace another's."""
+    key = "utf-8" if encoding is None else codec_key(encoding)
+    stem = "input" if key == "utf-8" else f"input.{key}"
+    return os.path.join(data_dir, f"{stem}.h5"), os.path.join(data_dir, f"{stem}.json")
+
+
+def cache_is_stale(text: str, h5_path: str, json_path: str, accepted: set[str]) -> bool:
+    """Whether the cache must be rebuilt: a file missing, older than the text, or its vocabulary of an
+    encoding (codec_key) not in `accepted`, or unreadable (then rebuilding replaces it)."""
+    if not (os.path.exists(h5_path) and os.path.exists(json_path)):
+        return True
+    if os.path.getmtime(text) > min(os.path.getmtime(h5_path), os.path.getmtime(json_path)):
+        return True
+    try:
+        with open(json_path, encoding="utf-8") as handle:
+            encoding = json.load(handle).get("encoding", "utf-8")
+        return codec_key(encoding) not in accepted
+    except (OSError, ValueError, AttributeError, TypeError, UserError):
+        return True
 
 
 def data_source(opt: SimpleNamespace, given: set[str]) -> str:
@@ -125,7 +232,7 @@ def load_training_data(opt: SimpleNamespace, source: str, log: Callable[[str], N
     batch_size, seq_length = opt.batch_size, opt.seq_length
     if source == "h5":
         log(f"data: {opt.input_h5} and {opt.input_json} (preprocessed splits)")
-        vocab, split_ids = read_h5_json(opt.input_h5, opt.input_json)
+        vocab, split_ids = map_h5_json(opt.input_h5, opt.input_json)
         splits = {name: stream_split(ids, batch_size, seq_length) for name, ids in split_ids.items()}
     else:
         log(f"data: {os.path.join(opt.data_dir, 'input.txt')} (char-rnn splits: train_frac "
@@ -135,46 +242,89 @@ def load_training_data(opt: SimpleNamespace, source: str, log: Callable[[str], N
     return vocab, BatchLoader(splits, batch_size, seq_length, scheme, seed)
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A run of token ids as stored: `stored - base` are the 0-based ids. The base is subtracted from
+    each batch as it is cut, never from the whole run, so that a mapped split is not copied."""
+    stored: np.ndarray  # an np.memmap over the HDF5 file (map_h5_json), or an array in memory
+    base: int = 0  # the first id: 1 in the HDF5 files (torch-rnn's Lua ids), 0 for arrays of 0-based ids
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        """The 0-based ids at the positions `index` (an integer array of any shape), in memory."""
+        values = np.asarray(self.stored[index])
+        return values - self.base if self.base else values
+
+
 @dataclass
 class Split:
-    x: np.ndarray  # (batch_size, n_batches * seq_length)
-    y: np.ndarray
+    """A split's layout: batch_size rows, row r's inputs the `width` tokens from starts[r] and its
+    targets the tokens one on; batch k is the k-th seq_length-wide column block. Batches are cut from
+    `tokens` when asked for (cut), so nothing the size of the split is built."""
+    tokens: Tokens  # the split's own ids (HDF5), or the whole text (char-rnn's layout)
+    starts: np.ndarray  # (batch_size,) the position in tokens of each row's first input
+    width: int  # n_batches * seq_length
     n_batches: int
     wanted: bool  # the split was asked for, so having no batch is the user's problem
-    text: np.ndarray | None = None  # the split's ids as one contiguous stream, where it is one (HDF5)
+    stream: bool = False  # tokens is one contiguous stream, the split's (HDF5): the random scheme draws from it all
+    wrap: int | None = None  # char-rnn's layout: the target at this position is the text's first token
 
-    def streams(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, length) arrays of inputs and their targets, each row contiguous text: the whole
-        stream where the split has one, else the layout's batch_size rows (char-rnn's column block)."""
-        if self.text is not None:
-            return self.text[None, :-1], self.text[None, 1:]
-        return self.x, self.y
+    @property
+    def x(self) -> np.ndarray:
+        """The inputs as one (batch_size, width) array of 0-based ids, built whole (tests, small splits)."""
+        return self.at(self.starts[:, None] + np.arange(self.width))
+
+    @property
+    def y(self) -> np.ndarray:
+        """The targets, as x."""
+        return self.at(self.starts[:, None] + np.arange(1, self.width + 1))
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        if self.wrap is not None:
+            index = np.where(index == self.wrap, 0, index)
+        return self.tokens.at(index)
+
+    def cut(self, firsts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) as (len(firsts), length) long tensors: `length` tokens from each position
+        in `firsts`, and the tokens one on."""
+        window = torch.from_numpy(self.at(firsts[:, None] + np.arange(length + 1)).astype(np.int64))
+        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+    def streams(self) -> tuple[np.ndarray, int]:
+        """The rows of contiguous text: where each begins in tokens, and its length in inputs. The
+        whole stream where the split is one, else the layout's batch_size rows (char-rnn's column block)."""
+        if self.stream:
+            return np.zeros(1, dtype=np.int64), max(len(self.tokens) - 1, 0)
+        return self.starts, self.width
 
 
-def stream_split(ids: np.ndarray, batch_size: int, seq_length: int) -> Split:
-    """torch-rnn's layout: batch_size contiguous streams, y = x shifted by one within the split."""
-    span = batch_size * seq_length
-    n_batches = max(len(ids) - 1, 0) // span
-    used = n_batches * span
-    return Split(ids[:used].reshape(batch_size, -1), ids[1:used + 1].reshape(batch_size, -1), n_batches,
-                 wanted=len(ids) > 0, text=ids)
+def stream_split(ids: "np.ndarray | Tokens", batch_size: int, seq_length: int) -> Split:
+    """torch-rnn's layout: batch_size contiguous streams, y = x shifted by one within the split.
+    `ids`: the split's 0-based ids, or its Tokens."""
+    tokens = ids if isinstance(ids, Tokens) else Tokens(ids)
+    n_batches = max(len(tokens) - 1, 0) // (batch_size * seq_length)
+    width = n_batches * seq_length
+    return Split(tokens, np.arange(batch_size) * width, width, n_batches, wanted=len(tokens) > 0, stream=True)
 
 
-def char_rnn_splits(ids: np.ndarray, batch_size: int, seq_length: int, train_frac: float,
+def char_rnn_splits(ids: "np.ndarray | Tokens", batch_size: int, seq_length: int, train_frac: float,
                     val_frac: float) -> dict[str, Split]:
-    """char-rnn's CharSplitLMMinibatchLoader: one layout of the whole text, splits as column blocks."""
+    """char-rnn's CharSplitLMMinibatchLoader: one layout of the whole text, splits as column blocks.
+    `ids`: the text's 0-based ids, or its Tokens."""
+    tokens = ids if isinstance(ids, Tokens) else Tokens(ids)
     span = batch_size * seq_length
-    n_batches = len(ids) // span
-    data = ids[:n_batches * span]
-    targets = np.roll(data, -1)  # y is x shifted over the whole text; the last target wraps around
-    x, y = data.reshape(batch_size, -1), targets.reshape(batch_size, -1)
+    n_batches = len(tokens) // span
+    row = n_batches * seq_length  # the text's first n_batches * span tokens as batch_size rows
     n_train = int(n_batches * train_frac)
     test_frac = max(0.0, 1 - (train_frac + val_frac))
     n_val = n_batches - n_train if test_frac == 0 else int(n_batches * val_frac)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n_batches)}
     wanted = {"train": True, "val": val_frac > 0, "test": test_frac > 0}
-    return {name: Split(x[:, lo * seq_length:hi * seq_length], y[:, lo * seq_length:hi * seq_length], hi - lo,
-                        wanted[name])
+    # y is x shifted over the whole layout: the last target wraps round to the first token
+    return {name: Split(tokens, np.arange(batch_size) * row + lo * seq_length, (hi - lo) * seq_length, hi - lo,
+                        wanted[name], wrap=n_batches * span)
             for name, (lo, hi) in bounds.items()}
 
 
@@ -183,10 +333,10 @@ class RandomBatches:
     run, counted over all epochs, is a pure function of (seed, g)."""
 
     def __init__(self, split: Split, batch_size: int, seq_length: int, seed: int):
-        self.inputs, self.targets = split.streams()
+        self.split = split
+        self.origins, self.length = split.streams()
         self.batch_size, self.seq_length, self.seed = batch_size, seq_length, seed
-        rows, length = self.inputs.shape
-        fewest = rows * (max(length - (seq_length - 1), 0) // seq_length)  # at the largest offset
+        fewest = len(self.origins) * (max(self.length - (seq_length - 1), 0) // seq_length)  # at the largest offset
         self.n_batches = fewest // batch_size
         if self.n_batches == 0:
             raise UserError(f"the train split is too small for one batch of {batch_size} x {seq_length} tokens "
@@ -200,8 +350,8 @@ class RandomBatches:
             return self.planned[1], self.planned[2]
         bits = np.random.PCG64(np.random.SeedSequence([self.seed % 2 ** 64, epoch]))
         offset = int(bits.random_raw()) % self.seq_length
-        per_row = (self.inputs.shape[1] - offset) // self.seq_length
-        keys = bits.random_raw(self.inputs.shape[0] * per_row)
+        per_row = (self.length - offset) // self.seq_length
+        keys = bits.random_raw(len(self.origins) * per_row)
         chosen = np.argsort(keys, kind="stable")[:self.n_batches * self.batch_size]
         rows = (chosen // per_row).reshape(self.n_batches, self.batch_size)
         starts = (offset + chosen % per_row * self.seq_length).reshape(self.n_batches, self.batch_size)
@@ -212,9 +362,7 @@ class RandomBatches:
         """The g-th batch of the run (epoch g // n_batches): (x, y), each (batch_size, seq_length)."""
         rows, starts = self.plan(g // self.n_batches)
         k = g % self.n_batches
-        columns = starts[k][:, None] + np.arange(self.seq_length)
-        picked = rows[k][:, None], columns
-        return torch.from_numpy(self.inputs[picked]).long(), torch.from_numpy(self.targets[picked]).long()
+        return self.split.cut(self.origins[rows[k]] + starts[k], self.seq_length)
 
 
 class BatchLoader:
@@ -244,10 +392,8 @@ class BatchLoader:
         return self.splits[split].n_batches if split in self.splits else 0
 
     def batch(self, split: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = self.splits[split], self.seq_length
-        x = torch.from_numpy(np.ascontiguousarray(s.x[:, k * t:(k + 1) * t])).long()
-        y = torch.from_numpy(np.ascontiguousarray(s.y[:, k * t:(k + 1) * t])).long()
-        return x, y
+        s = self.splits[split]
+        return s.cut(s.starts + k * self.seq_length, self.seq_length)
 
     def next_batch(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.position[split]

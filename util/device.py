@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -19,40 +20,93 @@ THREADS_OPTION = Option("threads", 0, "CPU threads; 0 (or negative) = all cores"
 PRECISION_OPTION = Option("precision", "fp32", "fp32, or bf16: matrix products in bfloat16 (autocast); weights, "
                                                "gradients and optimizer stay fp32")
 PRECISIONS = ("fp32", "bf16")
+# Ampere's: the first GPUs with bfloat16 arithmetic. torch.cuda.is_bf16_supported() also says True on
+# older ones (emulation counts), where older torch's bfloat16 autocast raises instead of running.
+BF16_CAPABILITY = (8, 0)
 
 
-def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print) -> torch.device:
+def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print,
+                  local_rank: int | None = None) -> torch.device:
+    """-gpuid's device. Under torchrun (local_rank given) -gpuid only chooses GPU (>= 0) or CPU (-1):
+    process k of a machine takes CUDA device k, its LOCAL_RANK (cuda_index). A CUDA device is set
+    up to compute float32 in IEEE float32 (use_ieee_float32)."""
     if opencl:
         log("notice: there is no OpenCL backend in PyTorch; -opencl 1 is treated as -gpuid")
     if gpuid < 0:
         return torch.device("cpu")
     if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        if gpuid >= count:
-            raise UserError(f"-gpuid {gpuid} asks for CUDA device {gpuid}, but there are {count} (0..{count - 1})")
-        torch.cuda.set_device(gpuid)
-        return torch.device("cuda", gpuid)
+        index = cuda_index(gpuid, local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        use_ieee_float32()
+        return torch.device("cuda", index)
     if torch.backends.mps.is_available():
         return torch.device("mps")
     log("notice: no GPU found (neither CUDA nor MPS); running on the CPU. Use -gpuid -1 to ask for the CPU.")
     return torch.device("cpu")
 
 
+def cuda_index(gpuid: int, local_rank: int | None, count: int) -> int:
+    """The CUDA device of -gpuid, or under torchrun of LOCAL_RANK, among the `count` this process
+    sees. A process that sees one device only takes it whatever its LOCAL_RANK: the launcher gave
+    each process its own (CUDA_VISIBLE_DEVICES per process), or all of them share it, which
+    util/distributed.on_device finds out. Naming the user's -gpuid in an error about LOCAL_RANK
+    would point at the wrong option."""
+    if local_rank is None:
+        if gpuid >= count:
+            raise UserError(f"-gpuid {gpuid} asks for CUDA device {gpuid}, but there are {count} (0..{count - 1})")
+        return gpuid
+    if local_rank < count:
+        return local_rank
+    if count == 1:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise UserError(f"LOCAL_RANK {local_rank} has no CUDA device: under torchrun process k of a machine uses CUDA "
+                    f"device k, and this process sees {count} (0..{count - 1}"
+                    f"{f', CUDA_VISIBLE_DEVICES={visible}' if visible is not None else ''}); start at most {count} "
+                    f"processes per machine (torchrun --nproc_per_node={count})")
+
+
+def use_ieee_float32() -> None:
+    """Float32 on CUDA computed in IEEE float32, as on the CPU. cuDNN runs float32 RNNs (the fused
+    LSTM and tanh-RNN kernels) in TF32 on Ampere and newer unless told otherwise (PyTorch's
+    torch.backends.cudnn.allow_tf32 is True by default): about 1e-3 from the reference instead of
+    the 1e-5 every path is held to (README section 7). cuBLAS's products default to IEEE already;
+    both are set so that the choice is this project's whatever the defaults. The legacy switches
+    exist in every torch 2.x and keep the per-operation settings of newer torch consistent with
+    them (setting those alone makes a later read of the legacy ones raise); newer torch warns once
+    that they are deprecated, a warning about this call alone, so it is silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def bf16_capable(device: torch.device) -> bool:
+    """Whether -precision bf16 runs in bfloat16 on `device`: on CUDA from compute capability 8.0 on
+    (BF16_CAPABILITY), on the CPU and MPS always (a CPU without bfloat16 instructions is slow, not
+    wrong)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
+
+
 def check_precision(precision: str, device: torch.device, log: Callable[[str], None] = print) -> None:
-    """A clear error for an unknown -precision, a notice where bf16 has no hardware support."""
+    """A clear error for an unknown -precision; a notice where bf16 is slow (a CPU without bfloat16
+    instructions) or runs in float32 instead (a GPU older than BF16_CAPABILITY: autocast below)."""
     if precision not in PRECISIONS:
         raise UserError(f"-precision must be fp32 or bf16, not '{precision}'")
     if precision != "bf16":
         return
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log("notice: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX); -precision bf16 will be slow")
-    elif device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        log("notice: this GPU has no native bfloat16 support; -precision bf16 will be slow")
+    elif not bf16_capable(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        log(f"notice: this GPU (compute capability {major}.{minor}) has no bfloat16 arithmetic (it needs "
+            f"{BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]}); -precision bf16 runs in float32 instead")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The context for a model's forward pass: bfloat16 autocast for -precision bf16, else none."""
-    if precision == "bf16":
+    """The context for a model's forward pass: bfloat16 autocast for -precision bf16, else none;
+    none on a GPU without bfloat16 arithmetic either (check_precision's notice says so)."""
+    if precision == "bf16" and bf16_capable(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

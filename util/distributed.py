@@ -6,12 +6,16 @@ is exactly the single-process gradient of the whole batch; clamping and RMSprop 
 numbers in every process. Without torchrun (WORLD_SIZE unset or 1) nothing here is used.
 """
 import os
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from util.errors import UserError
+
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,8 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: torch.device = CPU  # where the collectives' tensors go: the GPU for NCCL, the CPU for gloo
+    group: dist.ProcessGroup | None = None  # the group the processes talk in; None = torchrun's default
 
     @property
     def is_main(self) -> bool:
@@ -38,8 +44,8 @@ class Ranks:
     def mean(self, value: torch.Tensor) -> float:
         """The average of a scalar over all processes (each holds an equal share of the batch)."""
         if self.active:
-            value = value.clone()
-            dist.all_reduce(value)
+            value = value.to(self.device, copy=True)
+            dist.all_reduce(value, group=self.group)
             value /= self.world_size
         return value.item()
 
@@ -48,7 +54,7 @@ class Ranks:
         if not self.active:
             return signal_number
         flag = torch.tensor([signal_number], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return int(flag.item())
 
     def any_true(self, flag: bool) -> bool:
@@ -57,7 +63,7 @@ class Ranks:
         if not self.active:
             return flag
         value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
 
     def gather_rows(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -66,14 +72,11 @@ class Ranks:
             return state
         gathered = []
         for part in state:
-            pieces = [torch.empty_like(part) for _ in range(self.world_size)]
-            dist.all_gather(pieces, part.contiguous())
-            gathered.append(torch.cat(pieces, dim=1))
+            local = part.to(self.device).contiguous()
+            pieces = [torch.empty_like(local) for _ in range(self.world_size)]
+            dist.all_gather(pieces, local, group=self.group)
+            gathered.append(torch.cat(pieces, dim=1).to(part.device))
         return tuple(gathered)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def start(use_cuda: bool) -> Ranks:
@@ -85,8 +88,40 @@ def start(use_cuda: bool) -> Ranks:
     return Ranks(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def on_device(ranks: Ranks, device: torch.device, say: Callable[[str], None] = print) -> Ranks:
+    """The ranks once this process's device is chosen (util.device.select_device). With NCCL the
+    collectives' tensors live on the GPU. NCCL takes one GPU per process and refuses two processes
+    on one ("Duplicate GPU detected", at the first collective); that happens where a machine shows
+    a process fewer GPUs than it runs processes (select_device then gives each the one it sees).
+    The processes compare their GPUs over a gloo group first, and where any two share one they all
+    talk over gloo instead (CUDA tensors through host memory: slower, but it runs), with a notice.
+    NCCL sets up nothing before its first collective, so the unused default group costs nothing."""
+    if not ranks.active or device.type != "cuda" or dist.get_backend() != "nccl":
+        return ranks
+    gloo = dist.new_group(backend="gloo")
+    identities: list[str | None] = [None] * ranks.world_size
+    dist.all_gather_object(identities, gpu_identity(device), group=gloo)
+    gpus = len(set(identities))
+    if gpus == ranks.world_size:
+        return replace(ranks, device=device)
+    say(f"notice: the {ranks.world_size} processes run on {gpus} GPU{'s' if gpus > 1 else ''}; NCCL needs a GPU "
+        f"of its own for each process, so they talk over gloo instead (through host memory, slower)")
+    return replace(ranks, group=gloo)
+
+
+def gpu_identity(device: torch.device) -> str:
+    """What tells one GPU from another across processes and machines: its UUID (where torch gives
+    it), else the machine's name and the index this process sees (which can take two GPUs for one,
+    and then costs gloo's speed, never a failure)."""
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return str(uuid) if uuid is not None else f"{socket.gethostname()}:{device.index}"
+
+
 def finish(ranks: Ranks) -> None:
     """Leave the group together: a process tearing it down while another still uses it can abort."""
     if ranks.active:
-        dist.barrier()
+        if ranks.device.type == "cuda":  # NCCL: its barrier on this process's own GPU
+            dist.barrier(group=ranks.group, device_ids=[ranks.device.index])
+        else:
+            dist.barrier(group=ranks.group)
         dist.destroy_process_group()
