@@ -151,6 +151,24 @@ def id_storage(vocab_size: int) -> np.dtype:
 
 def load_data_dir(data_dir: str, log: Callable[[str], None] = print,
                   encoding: str | None = None) -> tuple[Vocab, np.ndarray]:
+    """The cache (prepare_data_dir) read into memory: the vocabulary and the text's 0-based ids."""
+    vocab, splits = read_h5_json(*prepare_data_dir(data_dir, log, encoding))
+    return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
+
+
+def map_data_dir(data_dir: str, log: Callable[[str], None] = print,
+                 encoding: str | None = None) -> tuple[Vocab, "Tokens"]:
+    """The cache (prepare_data_dir) mapped, as training reads it: the vocabulary and the text's Tokens
+    (the cache's one non-empty split as mapped; splits joined in memory for a cache of several)."""
+    vocab, splits = map_h5_json(*prepare_data_dir(data_dir, log, encoding))
+    parts = [splits[name] for name in SPLITS if name in splits and len(splits[name])]
+    if len(parts) == 1:
+        return vocab, parts[0]
+    return vocab, Tokens(np.concatenate([part.stored for part in parts] or [np.empty(0, np.uint8)]), base=1)
+
+
+def prepare_data_dir(data_dir: str, log: Callable[[str], None] = print,
+                     encoding: str | None = None) -> tuple[str, str]:
     """char-rnn's folder: input.txt, preprocessed into a cache beside it (data_dir_cache) when the
     cache is missing, older than input.txt or of another encoding.
 
@@ -174,10 +192,9 @@ def load_data_dir(data_dir: str, log: Callable[[str], None] = print,
                 raise
             log(f"notice: {error}; using byte-level tokens, as char-rnn does")
             preprocess(text, h5_path, json_path, 0.0, 0.0, BYTES, log=lambda _: None)
-    vocab, splits = read_h5_json(h5_path, json_path)
-    if vocab.is_bytes and not stale and encoding is None:
+    if not stale and encoding is None and read_vocab(json_path).is_bytes:
         log(f"notice: {text} is not valid UTF-8; using byte-level tokens, as char-rnn does")
-    return vocab, np.concatenate([splits[name] for name in SPLITS if name in splits])
+    return h5_path, json_path
 
 
 def codec_key(encoding: str) -> str:
@@ -237,7 +254,7 @@ def load_training_data(opt: SimpleNamespace, source: str, log: Callable[[str], N
     else:
         log(f"data: {os.path.join(opt.data_dir, 'input.txt')} (char-rnn splits: train_frac "
             f"{lua_number(opt.train_frac)}, val_frac {lua_number(opt.val_frac)})")
-        vocab, ids = load_data_dir(opt.data_dir, log, encoding)
+        vocab, ids = map_data_dir(opt.data_dir, log, encoding)
         splits = char_rnn_splits(ids, batch_size, seq_length, opt.train_frac, opt.val_frac)
     return vocab, BatchLoader(splits, batch_size, seq_length, scheme, seed)
 
@@ -269,7 +286,7 @@ class Split:
     n_batches: int
     wanted: bool  # the split was asked for, so having no batch is the user's problem
     stream: bool = False  # tokens is one contiguous stream, the split's (HDF5): the random scheme draws from it all
-    wrap: int | None = None  # char-rnn's layout: the target at this position is the text's first token
+    wrap: int | None = None  # char-rnn's: position `wrap` (the layout's end) reads as 0, the last target wrapping
 
     @property
     def x(self) -> np.ndarray:
@@ -282,6 +299,7 @@ class Split:
         return self.at(self.starts[:, None] + np.arange(1, self.width + 1))
 
     def at(self, index: np.ndarray) -> np.ndarray:
+        """The 0-based ids at the positions `index` of tokens, as the layout reads them."""
         if self.wrap is not None:
             index = np.where(index == self.wrap, 0, index)
         return self.tokens.at(index)
