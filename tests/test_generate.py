@@ -7,21 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_sample import ASCII_TOKENS, build_model, byte_checkpoint, checkpoint_dict, trained_ascii_checkpoint
+from test_sample import (  # one_thread: test_sample's module-wide fixture, which this module uses too
+    ASCII_TOKENS,
+    build_model,
+    byte_checkpoint,
+    checkpoint_dict,
+    one_thread,  # noqa: F401
+    trained_ascii_checkpoint,
+)
 from util.charmodel import CharModel, held_back
 from util.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from util.errors import UserError
 from util.generate import Sampling, beam_search, filtered_probabilities
 
 PRIME = "Speak"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

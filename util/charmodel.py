@@ -178,11 +178,12 @@ class CharModel:
         yield ids[sent:]
 
     def generators(self, request: Request) -> list[torch.Generator]:
-        """Each stream's generator (stream_seed). On the CPU each first makes the draws that building
-        the model makes, so that sample.py -seed S writes the text it always wrote for S."""
+        """Each stream's generator (stream_seed). On the CPU the first, seeded with the seed itself,
+        first makes the draws that building the model makes, so that sample.py -seed S writes the
+        text it always wrote for S; the others have no such past to follow."""
         skip = sum(p.numel() for p in self.model.parameters()) if self.device.type == "cpu" else 0
         seeds = [stream_seed(request.seed, k) for k in range(request.num_samples)]
-        return stream_generators(seeds, self.device, skip)
+        return stream_generators(seeds[:1], self.device, skip) + stream_generators(seeds[1:], self.device, 0)
 
     def tokens(self, ids: list[int]) -> list[str]:
         return [self.vocab.tokens[i] for i in ids]
