@@ -26,18 +26,34 @@ TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAl
 """A short ASCII text with a newline-heavy layout like tiny Shakespeare (76 characters)."""
 
 
+MEMORY_LIMIT_MB = 1500
+"""A script's address space under `run_script(..., memory_mb=MEMORY_LIMIT_MB)`: room for torch, numpy,
+h5py and a tiny model (the imports alone fit in 1,000 MiB), far below what a hostile file asks for."""
+
+
 def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+               env: dict | None = None, memory_mb: int | None = None) -> subprocess.CompletedProcess:
     """Run `python REPO/script *args` as a user would and return the CompletedProcess.
 
     stdout/stderr are captured as text (UTF-8). `cwd` defaults to the repository root: pass a
     temporary folder whenever the script could write to a default path (data/input.h5, cv/).
-    `env` entries are added to a copy of os.environ. Never raises on a non-zero exit status.
+    `env` entries are added to a copy of os.environ. `memory_mb` caps the script's address space
+    (RLIMIT_AS): an allocation past it fails in the script, as MemoryError or a failed mmap.
+    Never raises on a non-zero exit status; a run past `timeout` raises subprocess.TimeoutExpired.
     """
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=str(cwd or REPO),
                           capture_output=True, text=True, encoding="utf-8", errors="replace",
-                          timeout=timeout, env=full_env)
+                          timeout=timeout, env=full_env,
+                          preexec_fn=None if memory_mb is None else lambda: limit_memory(memory_mb))
+
+
+def limit_memory(megabytes: int) -> None:
+    """Cap this process's address space (for a child, between fork and exec)."""
+    import resource
+
+    limit = megabytes << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def data_folder(folder: Path, text: str) -> Path:
