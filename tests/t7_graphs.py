@@ -1,12 +1,14 @@
 """nngraph models as char-rnn's model/{LSTM,GRU,RNN}.lua build them, for writing hand-made char-rnn
-.t7 checkpoints with t7_writer (tests/test_torch7.py, tests/test_evaluate.py), and char-rnn's
-equations for one time step of them (numpy, float64), the reference the converted models are
-checked against.
+.t7 checkpoints with t7_writer (tests/test_torch7.py, tests/test_evaluate.py; test_hostile_t7.py and
+test_fuzz_t7.py break them), and char-rnn's equations for one time step of them (numpy, float64),
+the reference the converted models are checked against.
 
     g = NNGraph(np.random.default_rng(0), np.float64)
     gmodule, w = BUILDERS["lstm"](g, vocab_size, rnn_size, num_layers, dropout)
     write_t7(path, {"protos": {"rnn": gmodule}, "vocab": ..., "opt": ...})
     state, log_probabilities = char_rnn_step("lstm", w, token, state, num_layers)
+
+or a whole checkpoint at once, as train.lua saves it: write_t7(path, char_rnn_checkpoint("lstm", tokens, 4, 2)).
 
 `w` holds every Linear's (weight, bias) by role: (layer, "i2h"), (layer, "h2h") for LSTM and RNN,
 (layer, "zx"), (layer, "zh"), (layer, "rx"), (layer, "rh"), (layer, "x"), (layer, "h") for GRU
@@ -202,3 +204,17 @@ def char_rnn_step(model: str, w: dict, token: int, state: list, n: int) -> tuple
 Builder = Callable[[NNGraph, int, int, int, float], tuple[TorchObject, dict]]
 BUILDERS: dict[str, Builder] = {"lstm": build_lstm, "gru": build_gru, "rnn": build_rnn}
 """The builder of each model type: builder(g, vocab_size, rnn_size, num_layers, dropout)."""
+
+
+def char_rnn_checkpoint(model: str, tokens: list[str], H: int, n: int, p: float = 0.0, seed: int = 0,
+                        dtype: type = np.float64) -> dict:
+    """A checkpoint as char-rnn's train.lua saves one (protos, opt, vocab, the training history) of
+    a `model` of n layers of H units over `tokens`, for write_t7; the weights are drawn from `seed`."""
+    gmodule, _ = BUILDERS[model](NNGraph(np.random.default_rng(seed), dtype), len(tokens), H, n, p)
+    return {
+        "protos": {"rnn": gmodule, "criterion": TorchObject("nn.ClassNLLCriterion")},
+        "opt": {"model": model, "rnn_size": H, "num_layers": n, "dropout": p, "seq_length": 50, "batch_size": 50,
+                "learning_rate": 2e-3, "data_dir": "data/tinyshakespeare", "savefile": model, "gpuid": 0},
+        "vocab": {t: i for i, t in enumerate(tokens, 1)},
+        "train_losses": [3.0, 2.5, 2.25], "val_losses": {3: 2.4}, "val_loss": 2.4, "i": 3, "epoch": 0.75,
+    }
