@@ -47,7 +47,7 @@ from util.data import SPLITS, BatchLoader, char_rnn_splits, id_storage, load_dat
 from util.device import GPU_OPTIONS, THREADS_OPTION, configure_cpu, select_device
 from util.errors import UserError, diagnostic, run_main
 from util.listing import list_checkpoints
-from util.options import Option, Parsed, lua_number, parse_options
+from util.options import Option, Parsed, lua_number, parse_options, recorded_values
 from util.training import evaluate_split
 from util.vocab import BYTES, Vocab, check_text_encoding
 
@@ -204,6 +204,7 @@ def evaluate_data_dir(model: CharRNN, vocab: Vocab, opt: SimpleNamespace, device
         split.wanted = name == opt.split
     loader = BatchLoader(splits, batch_size, seq_length)
     loss = evaluate_split(model, loader, opt.split, device)
+    assert loss is not None  # only a stop test ends a pass early, and none is given: SIGTERM raises
     return Result(loss, chosen.n_batches * batch_size * seq_length, f"split {opt.split} of {opt.data_dir}",
                   opt.split)
 
@@ -227,8 +228,6 @@ def evaluate_stream(model: CharRNN, ids: np.ndarray, device: torch.device, chunk
 
 
 def evaluate_input(model, vocab: Vocab, opt, device: torch.device, log) -> Result:
-    if not os.path.isfile(opt.input):
-        raise UserError(f"input file {opt.input} does not exist")
     data_vocab, ids = tokenise(opt.input, vocab.encoding, opt.checkpoint)
     ids = onto_checkpoint(ids, data_vocab, vocab, opt.input, opt.checkpoint)
     if len(ids) < 2:
@@ -245,7 +244,9 @@ def evaluate(argv: list[str]) -> Result:
     opt = parsed.values
     check_source(opt, parsed.given)  # before the (slow) checkpoint load
     checkpoint = load_checkpoint(opt.checkpoint)
-    resolve_options(opt, checkpoint.get("opt") or {})
+    saved = recorded_values([option for option in OPTIONS if option.name in FALLBACKS], checkpoint["opt"],
+                            opt.checkpoint)  # each of its option's type
+    resolve_options(opt, saved)
     log = diagnostic if opt.verbose else (lambda _: None)
     configure_cpu(opt.threads)
     device = select_device(opt.gpuid, opt.opencl, log=diagnostic)

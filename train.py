@@ -54,7 +54,8 @@ from util.guidance import (
     validation_cost_notice,
     validation_details,
 )
-from util.options import Option, Parsed, lua_number, parse_options
+from util.lock import RunLock
+from util.options import Option, Parsed, lua_number, parse_options, recorded_values
 from util.plot import curves_from_progress, draw_loss_plot, loss_plot_path
 from util.training import (
     Progress,
@@ -64,6 +65,7 @@ from util.training import (
     evaluate_split,
     forward_backward,
     grad_param_norm_ratio,
+    readback_window,
     rises_since_best,
     rmsprop,
     spread_batches,
@@ -158,12 +160,22 @@ def check_options(opt: SimpleNamespace, given: set[str]) -> None:
         check_text_encoding(opt.encoding)
 
 
+def check_saved_options(saved: dict, path: str) -> None:
+    """A checkpoint's options (all of them, of their options' types) must pass check_options as a
+    run's of its own would; what that run started from is not taken over."""
+    try:
+        check_options(SimpleNamespace(**{**saved, "init_from": "", "resume": ""}), set())
+    except UserError as error:
+        raise UserError(f"{path}: its saved options are not valid: {error}") from None
+
+
 def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
     """The checkpoint's options, overridden by those given now; shape and data may not change (the
     shape is the model's, which -init_from may have taken from another checkpoint)."""
-    opt, saved = parsed.values, checkpoint["opt"]
-    shape = checkpoint["model"]
+    opt, shape = parsed.values, checkpoint["model"]
     defaults = {option.name: option.default for option in OPTIONS}  # options older checkpoints lack
+    saved = recorded_values(OPTIONS, checkpoint["opt"], opt.resume)
+    check_saved_options({**defaults, **saved}, opt.resume)
     fixed = {**defaults, **saved, "model": shape["model_type"], "rnn_size": shape["rnn_size"],
              "num_layers": shape["num_layers"]}
     for name, continued in FIXED_ON_RESUME.items():
@@ -314,8 +326,8 @@ def starting_point(run: Run, resume: dict | None, given: set[str]) -> tuple[Prog
         progress, hidden, last_saved = Progress(), run.model.zero_state(opt.batch_size), None
     else:
         learning_rate = opt.learning_rate if "learning_rate" in given else None
-        progress, hidden = restore_training(resume, run.optimizer, run.loader, run.device, learning_rate,
-                                            opt.decay_rate)
+        progress, hidden = restore_training(resume, opt.resume, run.optimizer, run.loader, run.device,
+                                            learning_rate)
         last_saved = opt.resume
         run.say(f"resuming at iteration {progress.iteration + 1} of {run.iterations}")
     if run.ranks.active:  # each process draws its own dropout masks
@@ -324,18 +336,36 @@ def starting_point(run: Run, resume: dict | None, given: set[str]) -> tuple[Prog
     return progress, tuple(part[:, run.rows].contiguous() for part in hidden), last_saved
 
 
-def training_log(run: Run, progress: Progress) -> TrainingLog | None:
-    """The main process's CSV log in -checkpoint_dir (created if missing); None elsewhere."""
+def claim_checkpoint_dir(run: Run) -> RunLock | None:
+    """The main process's -checkpoint_dir, created if missing, locked for -savefile's names before
+    anything is written there (util.lock); None elsewhere."""
     if not run.ranks.is_main:
         return None
     try:
         os.makedirs(run.opt.checkpoint_dir, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create -checkpoint_dir {run.opt.checkpoint_dir}: {error.strerror}") from None
+    return RunLock(run.opt.checkpoint_dir, run.opt.savefile)
+
+
+def training_log(run: Run, progress: Progress) -> TrainingLog | None:
+    """The main process's CSV log in -checkpoint_dir; None elsewhere."""
+    if not run.ranks.is_main:
+        return None
     return TrainingLog(log_path(run.opt.checkpoint_dir, run.opt.savefile), keep_until=progress.iteration)
 
 
 # ---- the iterations --------------------------------------------------------------------------------
+
+@dataclass
+class Unread:
+    """An iteration whose numbers stay on the device until its window is read back."""
+    iteration: int
+    loss: torch.Tensor  # this process's
+    norm_ratio: torch.Tensor | None  # grad/param norm, on -print_every's iterations
+    seconds: float  # the step's
+    learning_rate: float  # after the step's decay, as the log records it
+
 
 class Trainer:
     """char-rnn's loop over a Run: each iteration a step, the progress line, the learning-rate
@@ -345,6 +375,7 @@ class Trainer:
 
     def __init__(self, run: Run, progress: Progress, hidden: State, last_saved: str | None):
         self.run, self.progress, self.hidden, self.last_saved = run, progress, hidden, last_saved
+        self.lock = claim_checkpoint_dir(run)  # held by this reference until the process ends
         self.log = training_log(run, progress)
         opt = run.opt
         self.files = RunCheckpoints(opt.checkpoint_dir, opt.savefile, opt.keep,
@@ -358,21 +389,29 @@ class Trainer:
         temperature = opt.sample_temperature
         self.sampling = Sampling(temperature or 1.0, sample=temperature > 0)
         self.cost_said = self.say_validation_cost(*estimate_validation(run, self.val_batches), measured=False)
+        self.stop = StopRequest()  # from here on a signal asks for a checkpoint and the end of the run
+        self.window = readback_window(run.device)
+        self.unread: list[Unread] = []  # iterations whose numbers are still on the device
+        self.unlogged: list[tuple[Unread, float, float]] = []  # read back: (iteration, its loss, seconds so far)
 
     def train(self) -> int:
-        run, progress = self.run, self.progress
-        stop = StopRequest()
+        """The iterations, each read back with its window's others (readback_window): the checks, the
+        progress lines and the log rows of a window come at its end, and a window ends at every
+        checkpoint, so nothing is validated or saved before the iterations up to it have been checked."""
+        run, stop = self.run, self.stop
         run.model.train()
         for i in range(self.first_iteration, run.iterations + 1):
-            problem = self.step(i)
+            self.unread.append(self.step(i))
+            validating = self.checkpoint_due(i)  # every epoch's end: a decay comes only after a read-back
+            if not (validating or len(self.unread) >= self.window or (stop.signal_number and not run.ranks.active)):
+                continue
+            problem = self.read_back()
             if problem:
+                self.write_log(None)
                 return self.abort(problem)
             self.decay_learning_rate(i)
-            validating = self.checkpoint_due(i)
-            val_loss = self.validate_and_save(i) if validating else None
-            if self.log is not None:
-                self.log.append(i, i / run.iterations_per_epoch, progress.train_losses[-1], val_loss,
-                                run.optimizer.param_groups[0]["lr"], progress.seconds)
+            self.unlogged[-1][0].learning_rate = run.optimizer.param_groups[0]["lr"]
+            self.write_log(self.validate_and_save(i) if validating else None)
             if validating and run.ranks.any_true(self.stops_early()):
                 return self.finish(0)
             signal_number = run.ranks.any_signal(stop.signal_number)
@@ -381,34 +420,55 @@ class Trainer:
                 return self.finish(128 + signal_number)
         return self.finish(0)
 
-    def step(self, i: int) -> str | None:
-        """Iteration i's batch, checks and update; returns why the run must stop, if it must."""
-        run, opt, progress = self.run, self.run.opt, self.progress
+    def step(self, i: int) -> "Unread":
+        """Iteration i's batch and update, its numbers left on the device."""
+        run, opt = self.run, self.run.opt
         started = time.perf_counter()
         if opt.minibatch == "random":  # d2l: each batch's subsequences start from a zero state
             self.hidden = tuple(torch.zeros_like(part) for part in self.hidden)
-        x, y = (t[run.rows].to(run.device) for t in run.loader.next_batch("train"))
+        x, y = (t[run.rows].to(run.device, non_blocking=True) for t in run.loader.next_batch("train"))
         loss, self.hidden = forward_backward(run.network, x, y, self.hidden, opt.grad_clip, opt.precision,
                                              opt.grad_norm)
-        train_loss = run.ranks.mean(loss)
-        if train_loss != train_loss:
-            return f"loss is NaN at iteration {i}: stopping before the weights are updated."
-        progress.loss0 = train_loss if progress.loss0 is None else progress.loss0
-        if train_loss > progress.loss0 * 3:
-            return "loss is exploding, aborting."
         printing = i % opt.print_every == 0
-        norm_ratio = grad_param_norm_ratio(list(run.model.parameters())) if printing else 0.0
+        norm_ratio = grad_param_norm_ratio(list(run.model.parameters())) if printing else None
         run.optimizer.step()
         if opt.accurate_gpu_timing:
             synchronize(run.device)
-        elapsed = time.perf_counter() - started
-        progress.iteration, progress.seconds = i, progress.seconds + elapsed
-        progress.train_losses.append(train_loss)
-        if printing:
-            run.say(f"{i}/{run.iterations} (epoch {i / run.iterations_per_epoch:.3f}), train_loss = "
-                    f"{train_loss:6.8f}, grad/param norm = {norm_ratio:6.4e}, time/batch = {elapsed:.4f}s",
-                    flush=True)
+        return Unread(i, loss, norm_ratio, time.perf_counter() - started, run.optimizer.param_groups[0]["lr"])
+
+    def read_back(self) -> str | None:
+        """The unread iterations' losses (averaged over the processes) and norms, in one read each:
+        each iteration checked, counted and printed in turn; returns why the run must stop at the
+        first that fails a check, the later ones then dropped (their weights are never saved)."""
+        run, progress, unread = self.run, self.progress, self.unread
+        losses = run.ranks.means(torch.stack([record.loss for record in unread]))
+        norms = [record.norm_ratio for record in unread if record.norm_ratio is not None]
+        printed = iter(torch.stack(norms).tolist() if norms else [])
+        self.unread = []
+        for record, train_loss in zip(unread, losses, strict=True):
+            if train_loss != train_loss:
+                return f"loss is NaN at iteration {record.iteration}: stopping; its weights are not saved."
+            progress.loss0 = train_loss if progress.loss0 is None else progress.loss0
+            if train_loss > progress.loss0 * 3:
+                return "loss is exploding, aborting."
+            progress.iteration, progress.seconds = record.iteration, progress.seconds + record.seconds
+            progress.train_losses.append(train_loss)
+            self.unlogged.append((record, train_loss, progress.seconds))
+            if record.norm_ratio is not None:
+                i = record.iteration
+                run.say(f"{i}/{run.iterations} (epoch {i / run.iterations_per_epoch:.3f}), train_loss = "
+                        f"{train_loss:6.8f}, grad/param norm = {next(printed):6.4e}, time/batch = "
+                        f"{record.seconds:.4f}s", flush=True)
         return None
+
+    def write_log(self, val_loss: float | None) -> None:
+        """The log rows of the iterations read back, the last with `val_loss`."""
+        rows, self.unlogged = self.unlogged, []
+        if self.log is None:
+            return
+        for k, (record, train_loss, seconds) in enumerate(rows):
+            self.log.append(record.iteration, record.iteration / self.run.iterations_per_epoch, train_loss,
+                            val_loss if k == len(rows) - 1 else None, record.learning_rate, seconds)
 
     def decay_learning_rate(self, i: int) -> None:
         """char-rnn's decay: at each epoch's end from -learning_rate_decay_after on."""
@@ -426,25 +486,34 @@ class Trainer:
 
     def validate_and_save(self, i: int) -> float | None:
         """The validation loss (on the main process, when there is a val split) and a checkpoint."""
-        run, val_loss = self.run, None
-        if run.ranks.is_main and self.val_batches:
-            started = time.perf_counter()
-            val_loss = evaluate_split(run.model, run.loader, "val", run.device, run.opt.precision,
-                                      run.opt.val_max_batches)
-            pass_seconds = time.perf_counter() - started
-            self.progress.val_losses.append([i, val_loss])
-            run.say(f"validation loss at epoch {i / run.iterations_per_epoch:.2f}: {val_loss:.4f} "
-                    f"{self.validation_details(i, val_loss)}")
-            if not self.cost_said:
-                step_seconds = self.progress.seconds / max(1, len(self.progress.train_losses))
-                self.cost_said = self.say_validation_cost(pass_seconds, step_seconds, measured=True)
+        run = self.run
+        val_loss = self.validate(i) if run.ranks.is_main and self.val_batches else None
         self.validations += 1
-        if run.ranks.is_main and run.opt.sample_every and self.validations % run.opt.sample_every == 0:
+        if run.ranks.is_main and run.opt.sample_every and self.validations % run.opt.sample_every == 0 \
+                and not self.stop.signal_number:
             self.say_samples(i)
         if val_loss is not None:
             self.draw_plot()
         self.last_saved = self.save(val_loss)
         run.say(f"saved checkpoint {self.last_saved}", flush=True)
+        return val_loss
+
+    def validate(self, i: int) -> float | None:
+        """Iteration i's validation loss, said with what it means; None when a stop request came
+        during the pass (the checkpoint is then saved without one)."""
+        run, started = self.run, time.perf_counter()
+        val_loss = evaluate_split(run.model, run.loader, "val", run.device, run.opt.precision,
+                                  run.opt.val_max_batches, stopped=lambda: self.stop.signal_number != 0)
+        if val_loss is None:
+            run.say("validation stopped by the stop request: saving the checkpoint without a validation loss")
+            return None
+        pass_seconds = time.perf_counter() - started
+        self.progress.val_losses.append([i, val_loss])
+        run.say(f"validation loss at epoch {i / run.iterations_per_epoch:.2f}: {val_loss:.4f} "
+                f"{self.validation_details(i, val_loss)}")
+        if not self.cost_said:
+            step_seconds = self.progress.seconds / max(1, len(self.progress.train_losses))
+            self.cost_said = self.say_validation_cost(pass_seconds, step_seconds, measured=True)
         return val_loss
 
     def validation_details(self, i: int, val_loss: float) -> str:

@@ -21,8 +21,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +28,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error, run_script
+from conftest import assert_user_error, run_script
 from runner import Runs, ok
 from util import checkpoint as checkpoint_module
 from util.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from util.data import load_data_dir
 from util.errors import UserError
+from watched import Watched, start_script
 
 
 def make_text(length: int, seed: int) -> str:
@@ -64,7 +63,7 @@ STOPPED = re.compile(r"^stopped at iteration (\d+); checkpoint (\S+); continue w
 # what a process killed mid-write may leave: the temporary file of a checkpoint, the best copy, the index
 # or the loss plot
 TEMPORARY = r"\.(lm_epoch[\d.]+\.pt|lm_best\.pt|lm_index\.csv|lm_loss\.png)\.\d+\.tmp"
-WRITTEN = ("lm_log.csv", "lm_index.csv", "lm_loss.png")  # what a run writes besides its checkpoints
+WRITTEN = ("lm_log.csv", "lm_index.csv", "lm_loss.png", "lm.lock")  # what a run writes besides its checkpoints
 
 
 def name(iteration: int) -> str:
@@ -85,65 +84,8 @@ def shape(model: str, rnn_size: int = 16) -> list:
     return ["-model", model, "-rnn_size", rnn_size, "-num_layers", 2]
 
 
-def python_env() -> dict:
-    return {**os.environ, "PYTHONIOENCODING": "utf-8"}
-
-
-def start_train(cwd: Path, *args) -> "Watched":
-    return Watched(subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=cwd,
-                                    env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    encoding="utf-8", errors="replace"))
-
-
-class Watched:
-    """A running train.py whose output is read as it comes (by threads, so the pipes never fill)."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
-        self.lines: list[str] = []
-        self.stderr = ""
-        self.done = False
-        self.condition = threading.Condition()
-        self.threads = [threading.Thread(target=self._read_stdout, daemon=True),
-                        threading.Thread(target=self._read_stderr, daemon=True)]
-        for thread in self.threads:
-            thread.start()
-
-    def _read_stdout(self):
-        for line in self.process.stdout:
-            with self.condition:
-                self.lines.append(line)
-                self.condition.notify_all()
-        with self.condition:
-            self.done = True
-            self.condition.notify_all()
-
-    def _read_stderr(self):
-        self.stderr = self.process.stderr.read()
-
-    def wait_for(self, predicate, timeout: float = 120) -> str | None:
-        """The first line satisfying predicate (waiting for it), or None if the output ended first."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self.condition:
-            while True:
-                for line in self.lines[seen:]:
-                    if predicate(line):
-                        return line
-                seen = len(self.lines)
-                if self.done or time.monotonic() > deadline:
-                    return None
-                self.condition.wait(timeout=max(0.0, deadline - time.monotonic()))
-
-    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        for thread in self.threads:
-            thread.join(timeout=30)
-        return self.process.returncode, "".join(self.lines), self.stderr
+def start_train(cwd: Path, *args) -> Watched:
+    return start_script("train.py", cwd, *args)
 
 
 def progress_at_least(iteration: int):

@@ -251,7 +251,7 @@ def test_checkpoint_names(runs):
     assert len(expected) == len(SAVED_AT) == 13
     # nothing else: no temporary files left behind
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        expected | {"lm_log.csv", "lm_index.csv", "lm_best.pt", "lm_loss.png"})
+        expected | {"lm_log.csv", "lm_index.csv", "lm_best.pt", "lm_loss.png", "lm.lock"})
     saved_lines = [line for line in runs["base"].stdout.splitlines() if line.startswith("saved checkpoint")]
     assert saved_lines == [f"saved checkpoint {Path('cv') / checkpoint_name(i)}" for i in SAVED_AT]
 
@@ -263,7 +263,7 @@ def test_savefile_and_checkpoint_dir_created(runs):
     expected = {checkpoint_name(i, "lm_NAME_") for i in SAVED_AT}
     assert "lm_NAME_epoch1.pt" in expected and "lm_NAME_epoch3.49.pt" in expected
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        expected | {"lm_NAME_log.csv", "lm_NAME_index.csv", "lm_NAME_best.pt", "lm_NAME_loss.png"})
+        expected | {"lm_NAME_log.csv", "lm_NAME_index.csv", "lm_NAME_best.pt", "lm_NAME_loss.png", "lm_NAME.lock"})
     assert not (runs.folder("same_seed") / "cv").exists()
     rows = read_csv(folder / "lm_NAME_log.csv")
     assert rows[0] == CSV_HEADER and len(rows) == ITERATIONS + 1
@@ -461,7 +461,7 @@ def test_huge_learning_rate_aborts_without_bad_checkpoint(runs, rate):
         assert not checkpoints
     else:
         assert (runs.folder("explode_" + rate) / last_good).is_file()
-    written = {"lm_log.csv", "lm_index.csv"} if checkpoints else {"lm_log.csv"}
+    written = {"lm_log.csv", "lm_index.csv", "lm.lock"} if checkpoints else {"lm_log.csv", "lm.lock"}
     on_disk = {p.name for p in folder.iterdir()} - {"lm_loss.png"}  # the plot, if a validation came first
     assert sorted(on_disk) == sorted({p.name for p in checkpoints} | written)
     for path in checkpoints:

@@ -8,7 +8,6 @@ of sample.py. sample.py and serve.py are command lines over it.
 Each call keeps its own state, so one CharModel serves several threads at once.
 """
 import codecs
-import json
 import os
 import secrets
 from collections.abc import Callable, Generator, Iterator
@@ -21,7 +20,7 @@ from util.checkpoint import checkpoint_vocab, load_checkpoint, model_from_checkp
 from util.errors import UserError
 from util.generate import Sampling, beam_search, sample_steps, stream_generators
 from util.options import lua_number
-from util.vocab import Vocab, unknown_names
+from util.vocab import Vocab, read_json, unknown_names
 
 SEED_RANGE = 2 ** 64
 
@@ -241,10 +240,10 @@ def training_text_path(checkpoint: dict) -> str | None:
     input.txt, or the file preprocess.py read (the "source" its JSON records)."""
     opt = checkpoint.get("opt", {})
     if run_facts(checkpoint).get("data_source") == "h5":
-        try:
-            with open(opt.get("input_json", ""), encoding="utf-8") as handle:
-                path = json.load(handle).get("source")
-        except (OSError, ValueError, AttributeError):
+        vocabulary = opt.get("input_json")
+        try:  # read_json: bounded, whatever the path names now (a FIFO, /dev/zero)
+            path = read_json(vocabulary).get("source") if isinstance(vocabulary, str) else None
+        except (UserError, AttributeError):
             return None
     else:
         path = os.path.join(str(opt.get("data_dir", "")), "input.txt")

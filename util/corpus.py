@@ -2,20 +2,24 @@
 
 The file is read twice in fixed-size chunks: the first pass validates the text, counts tokens and
 collects the vocabulary; the second maps tokens to ids and writes them straight into the HDF5
-datasets. Memory stays around one chunk whatever the file size, and nothing is written until the
-whole input is known to be good.
+datasets. Memory stays around one chunk whatever the file size. Both outputs are written under
+temporary names and renamed into place only once the second pass has found the file as the first
+read it (TextFile), so an error, a change to the input or a signal leaves the old outputs as they were.
 """
 import codecs
+import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from util.errors import UserError
+from util.files import open_regular, replaced_together
 from util.vocab import BYTES, Vocab, check_text_encoding, has_utf8_bom
 
 # 1 MiB: each chunk's temporaries (decoded text, code points, index arrays) stay cache-sized;
@@ -26,6 +30,10 @@ MAX_CODE_POINT = 0x110000
 
 class DecodeError(UserError):
     """The text does not decode in the chosen encoding."""
+
+
+class InputChanged(UserError):
+    """The input file changed while it was being read."""
 
 
 @dataclass
@@ -49,52 +57,120 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= MAX_UINT16_VOCAB else np.uint32)
 
 
-def _open_input(path: str) -> BinaryIO:
-    """The input file opened for reading, or a UserError saying why it cannot be."""
-    try:
-        return open(path, "rb")
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a text file") from None
-    except FileNotFoundError:
-        raise UserError(f"input file {path} does not exist") from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
+class Identity(NamedTuple):
+    """What tells one state of a file from another, bar its bytes."""
+    size: int
+    mtime_ns: int
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> "Identity":
+        return cls(info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino)
 
 
-def _code_point_chunks(path: str, encoding: str) -> Iterator[np.ndarray]:
-    """Yield the file's tokens as integer arrays (code points, or byte values)."""
-    with _open_input(path) as handle:
-        if encoding == BYTES:
-            while chunk := handle.read(CHUNK_BYTES):
-                yield np.frombuffer(chunk, dtype=np.uint8)
-            return
-        check_text_encoding(encoding)
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-        # file offset of the first byte of `chunk`
-        offset = len(codecs.BOM_UTF8) if has_utf8_bom(handle.read(len(codecs.BOM_UTF8)), encoding) else 0
-        handle.seek(offset)
-        while True:
-            chunk = handle.read(CHUNK_BYTES)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as error:
-                position = offset - pending + error.start
-                raise DecodeError(
-                    f"{path} is not valid {encoding}: cannot decode byte 0x{error.object[error.start]:02x} "
-                    f"at offset {position}; try -encoding bytes or -encoding latin-1") from None
-            if text:
-                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            if not chunk:
-                return
-            offset += len(chunk)
+class TextFile:
+    """The input, opened once (a regular file only: util.files) and read in two passes through the one
+    descriptor. Each pass reads the bytes the file held when it was opened, no more, hashing them,
+    and ends with a check that it read what the first pass read: the same bytes (SHA-256; cheap
+    beside the decoding), and the path still naming this file, of the same size and modification
+    time. A file written to meanwhile would otherwise give ids of one text for the vocabulary of
+    another (id 0, say, for a character the first pass never saw)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.handle = open_regular(path, "input file")
+        self.identity = Identity.of(os.fstat(self.handle.fileno()))
+        self.digest: bytes | None = None  # of the first pass's bytes
+
+    def __enter__(self) -> "TextFile":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.handle.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        """One pass: the file's bytes from the start, CHUNK_BYTES at a time; InputChanged at its end
+        if the file changed."""
+        self.handle.seek(0)
+        digest = hashlib.sha256()
+        left = self.identity.size
+        while left > 0 and (chunk := self.handle.read(min(CHUNK_BYTES, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+            yield chunk
+        if self.digest is None:
+            self.digest = digest.digest()
+        if left or digest.digest() != self.digest or not self.unchanged():
+            raise self.changed()
+
+    def unchanged(self) -> bool:
+        try:
+            named = Identity.of(os.stat(self.path))
+        except OSError:  # removed, or renamed away
+            return False
+        return Identity.of(os.fstat(self.handle.fileno())) == self.identity == named
+
+    def is_named_by(self, path: str) -> bool:
+        """Whether `path` names the file open."""
+        named = Identity.of(os.stat(path))
+        return (named.device, named.inode) == (self.identity.device, self.identity.inode)
+
+    def changed(self) -> "InputChanged":
+        return InputChanged(f"input file {self.path} changed while it was being read (it is read twice); nothing "
+                            f"was written: run again once nothing writes to it")
+
+
+def _code_point_chunks(source: TextFile, encoding: str) -> Iterator[np.ndarray]:
+    """One pass over the file: its tokens as integer arrays (code points, or byte values)."""
+    chunks = source.chunks()
+    if encoding == BYTES:
+        yield from (np.frombuffer(chunk, dtype=np.uint8) for chunk in chunks)
+        return
+    check_text_encoding(encoding)
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    drops_bom = has_utf8_bom(codecs.BOM_UTF8, encoding)  # a leading BOM is no token (utf-8-sig drops it itself)
+    offset = 0  # file offset of the first byte of `chunk`
+    for chunk in itertools.chain(chunks, [None]):  # None: the final call, which flushes the decoder
+        data = chunk or b""
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(data, final=chunk is None)
+            if drops_bom and text:
+                text, drops_bom = text.removeprefix("\ufeff"), False
+            codes = text.encode("utf-32-le")
+        except UnicodeError as error:
+            raise _decode_error(source.path, encoding, error, offset - pending) from None
+        if codes:
+            yield np.frombuffer(codes, dtype=np.uint32)
+        offset += len(data)
+
+
+def _decode_error(path: str, encoding: str, error: UnicodeError, start: int) -> DecodeError:
+    """The one line for text that does not decode; `start`: the file offset of error.object[0]."""
+    hint = "; try -encoding bytes or -encoding latin-1"
+    if isinstance(error, UnicodeDecodeError) and error.start < len(error.object):
+        return DecodeError(f"{path} is not valid {encoding}: cannot decode byte 0x{error.object[error.start]:02x} "
+                           f"at offset {start + error.start}{hint}")
+    if isinstance(error, UnicodeEncodeError):  # a lone surrogate, which utf-7 and raw_unicode_escape can give
+        surrogate = ord(error.object[error.start])
+        return DecodeError(f"{path} is not valid {encoding} text: it decodes to U+{surrogate:04X}, a lone surrogate, "
+                           f"which is no character{hint}")
+    # codecs that raise a bare UnicodeError: utf-16 and utf-32 with no byte-order mark, say
+    return DecodeError(f"{path} is not valid {encoding}: {error}{hint}")
 
 
 def scan(path: str, encoding: str) -> tuple[Vocab, int]:
+    """The first pass on its own (tests): the vocabulary and the number of tokens."""
+    with TextFile(path) as source:
+        return _scan(source, encoding)
+
+
+def _scan(source: TextFile, encoding: str) -> tuple[Vocab, int]:
     """First pass: the vocabulary and the number of tokens."""
     seen = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=bool)
     total = 0
-    for values in _code_point_chunks(path, encoding):
+    for values in _code_point_chunks(source, encoding):
         seen[values] = True  # presence only: a bincount per chunk cost 3x more (int64 copy + table)
         total += len(values)
     present = np.flatnonzero(seen)
@@ -115,40 +191,23 @@ def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
 
 def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, test_frac: float,
                encoding: str = "utf-8", log: Callable[[str], None] = print) -> tuple[Vocab, SplitSizes]:
-    """Tokenize `path` and write the HDF5 splits and the JSON vocabulary (each atomically)."""
+    """Tokenize `path` and write the HDF5 splits and the JSON vocabulary (together: util.files)."""
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise UserError("-val_frac and -test_frac must be in [0, 1) and their sum below 1: they leave nothing "
                         "for training otherwise")
-    vocab, total = scan(path, encoding)
-    if total == 0:
-        raise UserError(f"{path} is empty: there is nothing to train on")
-    sizes = split_sizes(total, val_frac, test_frac)
-    _check_outputs(path, output_h5, output_json)
-    dtype = id_dtype(len(vocab))
-    lookup = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=dtype)
-    lookup[[ord(t) for t in vocab.tokens]] = np.arange(1, len(vocab) + 1, dtype=dtype)
-
-    # Names of this process's own, so that runs preprocessing the same folder at once do not collide.
-    h5_tmp, json_tmp = (f"{output}.{os.getpid()}.tmp" for output in (output_h5, output_json))
-    try:
-        with h5py.File(h5_tmp, "w") as h5:
-            datasets = [(h5.create_dataset(name, (size,), dtype=dtype), size)
-                        for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
-            written = 0
-            for values in _code_point_chunks(path, encoding):
-                written = _write_ids(datasets, lookup[values], written)
-        with open(json_tmp, "w", encoding="utf-8") as handle:
-            json.dump({**vocab.to_json(), "source": os.path.abspath(path),
-                       "sizes": {"train": sizes.train, "val": sizes.val, "test": sizes.test}},
-                      handle, ensure_ascii=False)
-        os.replace(h5_tmp, output_h5)
-        os.replace(json_tmp, output_json)
-    except OSError as error:
-        raise UserError(f"cannot write {output_h5} and {output_json}: {error.strerror or error}") from None
-    finally:
-        for leftover in (h5_tmp, json_tmp):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    with TextFile(path) as source:
+        vocab, total = _scan(source, encoding)
+        if total == 0:
+            raise UserError(f"{path} is empty: there is nothing to train on")
+        sizes = split_sizes(total, val_frac, test_frac)
+        _check_outputs(source, output_h5, output_json)
+        dtype = id_dtype(len(vocab))
+        with replaced_together([output_h5, output_json], f"{output_h5} and {output_json}") as (h5_tmp, json_tmp):
+            _write_splits(source, encoding, vocab, sizes, h5_tmp, dtype)
+            with open(json_tmp, "w", encoding="utf-8") as handle:
+                json.dump({**vocab.to_json(), "source": os.path.abspath(path),
+                           "sizes": {"train": sizes.train, "val": sizes.val, "test": sizes.test}},
+                          handle, ensure_ascii=False)
     log(f"vocabulary size: {len(vocab)} ({'bytes' if encoding == BYTES else encoding}), ids stored as {dtype.name}")
     log(f"tokens: train {sizes.train}, val {sizes.val}, test {sizes.test}")
     log(f"wrote {output_h5} and {output_json}")
@@ -161,13 +220,29 @@ def preprocess(path: str, output_h5: str, output_json: str, val_frac: float, tes
     return vocab, sizes
 
 
-def _check_outputs(path: str, output_h5: str, output_json: str) -> None:
-    """A UserError unless both outputs are distinct files, not the input, in folders that exist (made
-    now if missing) and can be written."""
+def _write_splits(source: TextFile, encoding: str, vocab: Vocab, sizes: SplitSizes, h5_path: str,
+                  dtype: np.dtype) -> None:
+    """Second pass: the ids, written straight into the HDF5 datasets."""
+    lookup = np.zeros(256 if encoding == BYTES else MAX_CODE_POINT, dtype=dtype)
+    lookup[[ord(t) for t in vocab.tokens]] = np.arange(1, len(vocab) + 1, dtype=dtype)
+    with h5py.File(h5_path, "w") as h5:
+        datasets = [(h5.create_dataset(name, (size,), dtype=dtype), size)
+                    for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
+        written = 0
+        try:
+            for values in _code_point_chunks(source, encoding):
+                written = _write_ids(datasets, lookup[values], written)
+        except DecodeError:  # the first pass decoded these bytes: they are others now
+            raise source.changed() from None
+
+
+def _check_outputs(source: TextFile, output_h5: str, output_json: str) -> None:
+    """A UserError unless both outputs are distinct files, not the input (the file open, whatever its
+    name names now), in folders that exist (made now if missing) and can be written."""
     if os.path.abspath(output_h5) == os.path.abspath(output_json):
         raise UserError("-output_h5 and -output_json must be different files")
     for output in (output_h5, output_json):
-        if os.path.exists(output) and os.path.samefile(output, path):
+        if os.path.exists(output) and source.is_named_by(output):
             raise UserError(f"output {output} is the input file; choose another -output_h5/-output_json")
         if os.path.isdir(output):
             raise UserError(f"output {output} is a folder, not a file name")

@@ -36,7 +36,6 @@ Two schemes hand out the training batches (validation and test are always consec
 """
 import codecs
 import functools
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +48,9 @@ import torch
 
 from util.corpus import DecodeError, preprocess
 from util.errors import UserError
+from util.files import regular_file
 from util.options import lua_number
-from util.vocab import BYTES, Vocab, check_text_encoding
+from util.vocab import BYTES, Vocab, check_text_encoding, read_json
 
 SPLITS = ("train", "val", "test")
 SCHEMES = ("consecutive", "random")  # how training batches are handed out (module docstring)
@@ -58,6 +58,10 @@ SCHEMES = ("consecutive", "random")  # how training batches are handed out (modu
 
 # ids checked per read when a split is mapped: the check holds one buffer of this many, never the split
 CHECK_TOKENS = 1 << 22
+# The most a chunked (compressed) split may hold per byte it stores, since it is read into memory:
+# text ids compress 3-5 times; deflate's own limit is about 1,000.
+MAX_EXPANSION = 100
+SMALL_VOCAB = 256  # a vocabulary this small passes check_vocab_size whatever the splits hold: a byte vocabulary's size
 Taken = TypeVar("Taken")  # what a reader of the splits makes of each dataset (read_splits)
 IdCheck = Callable[[np.ndarray], None]
 
@@ -86,37 +90,70 @@ def map_h5_json(h5_path: str, json_path: str) -> tuple[Vocab, dict[str, "Tokens"
 
 
 def read_vocab(json_path: str) -> Vocab:
-    try:
-        with open(json_path, encoding="utf-8") as handle:
-            return Vocab.from_json(json.load(handle), json_path)
-    except FileNotFoundError:
-        raise UserError(f"vocabulary file {json_path} does not exist (run preprocess.py first)") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read vocabulary file {json_path}: {error}") from None
+    return Vocab.from_json(read_json(json_path), json_path)
 
 
 def read_splits(h5_path: str, json_path: str, vocab_size: int,
                 take: Callable[[h5py.Dataset, IdCheck], Taken]) -> dict[str, Taken]:
-    """Each split's dataset, checked to be 1-D integer ids, as `take` makes it; `take` runs the check
-    it is given on every id of the dataset (ids outside 1..vocab_size: the files do not match)."""
-    splits: dict[str, Taken] = {}
+    """Each split's dataset, checked (split_dataset), as `take` makes it; `take` runs the check it is
+    given on every id of the dataset (ids outside 1..vocab_size: the files do not match)."""
+    file_size = regular_file(h5_path, "data file",
+                             missing=f"data file {h5_path} does not exist (run preprocess.py first)").st_size
     try:
         with h5py.File(h5_path, "r") as h5:
-            for name in SPLITS:
-                if name not in h5:
-                    if name != "test":
-                        raise UserError(f"{h5_path} has no '{name}' dataset")
-                    continue
-                dataset = h5[name]
-                if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1 or dataset.dtype.kind not in "iu":
-                    raise UserError(f"{h5_path}: dataset '{name}' is not a 1-D array of integer ids")
-                mismatch = f"{h5_path} does not match {json_path}: split '{name}' has ids outside 1..{vocab_size}"
-                splits[name] = take(dataset, functools.partial(check_ids, vocab_size=vocab_size, message=mismatch))
+            datasets = {name: split_dataset(h5, name, h5_path, file_size) for name in SPLITS
+                        if name in h5 or name != "test"}
+            check_vocab_size(vocab_size, sum(len(dataset) for dataset in datasets.values()), h5_path, json_path)
+            return {name: take(dataset, functools.partial(check_ids, vocab_size=vocab_size, message=(
+                        f"{h5_path} does not match {json_path}: split '{name}' has ids outside 1..{vocab_size}")))
+                    for name, dataset in datasets.items()}
     except FileNotFoundError:
         raise UserError(f"data file {h5_path} does not exist (run preprocess.py first)") from None
-    except (OSError, KeyError, TypeError) as error:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a link loop
         raise UserError(f"cannot read data file {h5_path}: {str(error).splitlines()[0]}") from None
-    return splits
+
+
+def split_dataset(h5: h5py.File, name: str, h5_path: str, file_size: int) -> h5py.Dataset:
+    """The split's dataset, once it is known to be what preprocess.py and torch-rnn write: a dataset
+    of the file itself (no soft or external link), a 1-D array of integers, its ids stored in this
+    file (no external storage, no virtual dataset), all of them (no fill values standing in for
+    unwritten ones), in no more room than the file has. Reading it then costs at most what the
+    file's size allows: a contiguous dataset is its bytes; a chunked one, which is read into memory,
+    holds at most MAX_EXPANSION times its stored bytes."""
+    if name not in h5:
+        raise UserError(f"{h5_path} has no '{name}' dataset")
+    if not isinstance(h5.get(name, getlink=True), h5py.HardLink):
+        raise UserError(f"{h5_path}: '{name}' is a link to elsewhere, not a dataset of the file")
+    dataset = h5[name]
+    if not isinstance(dataset, h5py.Dataset) or dataset.shape is None or len(dataset.shape) != 1 \
+            or dataset.dtype.kind not in "iu":
+        raise UserError(f"{h5_path}: dataset '{name}' is not a 1-D array of integer ids")
+    if dataset.external or dataset.is_virtual:
+        raise UserError(f"{h5_path}: dataset '{name}' keeps its ids outside the file (external storage or a "
+                        f"virtual dataset); give a file that holds them (h5repack copies them in)")
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if dataset.chunks is None:  # contiguous or compact: the ids as they are, where the header says
+        whole = stored == declared and (dataset.id.get_offset() or 0) + stored <= file_size
+    else:  # chunked, compressed maybe: the chunks written, however small
+        whole = 0 < stored <= file_size
+    if declared and not whole:
+        raise UserError(f"{h5_path}: dataset '{name}' declares {len(dataset):,} ids ({declared:,} bytes) but the "
+                        f"file stores {stored:,} bytes of them in {file_size:,}: it is damaged or was not "
+                        f"written whole")
+    if declared > MAX_EXPANSION * stored:
+        raise UserError(f"{h5_path}: dataset '{name}' expands {stored:,} stored bytes into {declared:,}, more than "
+                        f"{MAX_EXPANSION} to 1, to be read into memory; store it uncompressed (h5repack -l CONTI)")
+    return dataset
+
+
+def check_vocab_size(vocab_size: int, ids: int, h5_path: str, json_path: str) -> None:
+    """Every token of a vocabulary built from a text occurs in it, so the splits hold at least as many
+    ids as it has tokens: a vocabulary larger than that (and a model as large) belongs to other data.
+    Up to SMALL_VOCAB tokens pass anyway: a toy text whose test split was left out may hold fewer."""
+    if vocab_size > max(ids, SMALL_VOCAB):
+        raise UserError(f"{json_path} does not match {h5_path}: a vocabulary of {vocab_size:,} tokens, but the "
+                        f"splits hold only {ids:,} ids, and every token of a text's vocabulary occurs in it")
 
 
 def check_ids(ids: np.ndarray, vocab_size: int, message: str) -> None:
@@ -129,7 +166,7 @@ def map_ids(dataset: h5py.Dataset, check: IdCheck) -> "Tokens":
     bytes (a contiguous dataset: preprocess.py's and torch-rnn's); a chunked one (compressed, say)
     cannot be mapped and is read into memory instead."""
     offset = dataset.id.get_offset()  # None until written, and for storage other than contiguous
-    if offset is None or dataset.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS or dataset.external:
+    if offset is None or dataset.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
         ids = dataset[()]
         check(ids)
         return Tokens(ids, base=1)
@@ -177,8 +214,7 @@ def prepare_data_dir(data_dir: str, log: Callable[[str], None] = print,
     'bytes' gives byte tokens (char-rnn's; what a char-rnn .t7 model was trained on), never with that
     notice, 'utf-8' gives code points or the error, a codec such as latin-1 its characters."""
     text = os.path.join(data_dir, "input.txt")
-    if not os.path.isfile(text):
-        raise UserError(f"data folder {data_dir} has no input.txt")
+    regular_file(text, "input file", missing=f"data folder {data_dir} has no input.txt")
     h5_path, json_path = data_dir_cache(data_dir, encoding)
     # the default cache may hold either: the UTF-8 tokens asked for, or the bytes they fell back to
     accepted = {"utf-8", BYTES} if encoding is None else {codec_key(encoding)}
@@ -224,11 +260,10 @@ def cache_is_stale(text: str, h5_path: str, json_path: str, accepted: set[str]) 
     if os.path.getmtime(text) > min(os.path.getmtime(h5_path), os.path.getmtime(json_path)):
         return True
     try:
-        with open(json_path, encoding="utf-8") as handle:
-            encoding = json.load(handle).get("encoding", "utf-8")
-        return codec_key(encoding) not in accepted
-    except (OSError, ValueError, AttributeError, TypeError, UserError):
+        encoding = read_vocab(json_path).encoding
+    except UserError:
         return True
+    return codec_key(encoding) not in accepted
 
 
 def data_source(opt: SimpleNamespace, given: set[str]) -> str:

@@ -41,13 +41,14 @@ class Ranks:
         share = batch_size // self.world_size
         return slice(self.rank * share, (self.rank + 1) * share)
 
-    def mean(self, value: torch.Tensor) -> float:
-        """The average of a scalar over all processes (each holds an equal share of the batch)."""
+    def means(self, values: torch.Tensor) -> list[float]:
+        """The averages of a vector of scalars over all processes (each holds an equal share of the
+        batch): one collective and one read back for them all."""
         if self.active:
-            value = value.to(self.device, copy=True)
-            dist.all_reduce(value, group=self.group)
-            value /= self.world_size
-        return value.item()
+            values = values.to(self.device, copy=True)
+            dist.all_reduce(values, group=self.group)
+            values /= self.world_size
+        return values.tolist()
 
     def any_signal(self, signal_number: int) -> int:
         """A stop signal seen by any process, so that all of them stop at the same iteration."""

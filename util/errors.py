@@ -1,6 +1,9 @@
-"""User-facing errors: one line on stderr and exit status 1, never a traceback."""
+"""User-facing errors: one line on stderr and exit status 1, never a traceback; and interruption:
+Ctrl-C or SIGTERM ends a script with one line and status 128 + the signal's number."""
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import NoReturn
 
 
@@ -23,14 +26,36 @@ def diagnostic(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the script is, as Ctrl-C raises KeyboardInterrupt: on the way out
+    `finally` blocks and context managers remove what was half-written (temporaries) and leave the
+    files already in place as they were. A BaseException, so no `except Exception` swallows it."""
+
+
+def _terminate(_number: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def run_main(main: Callable[[list[str]], int | None]) -> None:
-    """Run a script's main(argv), turning UserError into a one-line error and status 1."""
+    """Run a script's main(argv), turning UserError into a one-line error and status 1, and Ctrl-C
+    or SIGTERM into one line and status 128 + the signal's number (train.py's own handler saves a
+    checkpoint first; this one covers every other moment of every script)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         status = main(sys.argv[1:])
     except UserError as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        stopped(signal.SIGINT)
+    except Terminated:
+        stopped(signal.SIGTERM)
     except BrokenPipeError:
         # `python sample.py ... | head` closes stdout early; that is not an error.
         sys.stderr.close()
         sys.exit(0)
     sys.exit(status or 0)
+
+
+def stopped(number: signal.Signals) -> NoReturn:
+    print(f"{number.name} received: stopped", file=sys.stderr, flush=True)
+    sys.exit(128 + number)

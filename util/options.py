@@ -23,6 +23,19 @@ def lua_number(value: object) -> str:
     return str(value)
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A value read from a file, for a message, in a bounded length whatever it is: numbers as Python
+    writes them (3.0 is not 3 here), text quoted and cut at `limit` characters, anything else by its
+    type (a full repr of an untrusted value may be huge, or nested too deep to print)."""
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):  # str() refuses ints of more than 4,300 digits
+        return repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    return f"a {type(value).__name__}"
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -66,6 +79,39 @@ def _convert(option: Option, text: str) -> Any:
     if math.isnan(number) and text.strip().lower() != "nan":
         raise UserError(f"option -{option.name} expects a number, got '{text}'")
     return number
+
+
+KIND_RULES = {str: "a text", bool: "0 or 1", int: "a 64-bit integer", float: "a number"}
+
+
+def of_kind(option: Option, value: object) -> bool:
+    """Whether `value` is one parse_options could give the option: a text for a text option, 0 or 1
+    for a flag, a 64-bit integer for an integer option, a number (a float, or such an integer) for a
+    number option."""
+    if option.kind is str:
+        return isinstance(value, str)
+    if type(value) is float:
+        return option.kind is float
+    if type(value) is not int and type(value) is not bool:
+        return False
+    if option.kind is bool:
+        return value in (0, 1)
+    return type(value) is int and -(2 ** 63) <= value < 2 ** 64
+
+
+def recorded_values(options: Sequence[Option], recorded: dict, source: str) -> dict[str, Any]:
+    """The values a file recorded for these options (a checkpoint's opt), each checked with of_kind:
+    a UserError naming `source` and the first option whose value is not of its kind. Names that are
+    not among the options are left out."""
+    values = {}
+    for option in options:
+        if option.name in recorded:
+            value = recorded[option.name]
+            if not of_kind(option, value):
+                raise UserError(f"{source}: its saved option -{option.name} must be {KIND_RULES[option.kind]}, "
+                                f"not {shown(value)}")
+            values[option.name] = value
+    return values
 
 
 def format_help(script: str, description: str, options: Sequence[Option], positional: Sequence[tuple[str, str]]) -> str:

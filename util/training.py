@@ -4,6 +4,7 @@ the stop request of Ctrl-C / SIGTERM and the CSV log of every iteration."""
 import csv
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -40,10 +41,21 @@ def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s
     return loss.detach(), tuple(part.detach() for part in state)
 
 
-def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> float:
-    """char-rnn's progress figure: the norm of all gradients over the norm of all weights."""
+def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """char-rnn's progress figure: the norm of all gradients over the norm of all weights (a scalar
+    tensor on the weights' device: reading it is the caller's choice)."""
     grads = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
-    return (grads / torch.stack([p.detach().norm() for p in params]).norm()).item()
+    return grads / torch.stack([p.detach().norm() for p in params]).norm()
+
+
+READBACK_WINDOW = 16  # iterations a GPU runs ahead of the numbers printed for them
+
+
+def readback_window(device: torch.device) -> int:
+    """How many iterations train.py reads back at once. On a GPU each read waits for every queued
+    kernel, so the loss, the checks and the progress lines come READBACK_WINDOW iterations at a time
+    (and at every checkpoint). On the CPU a read costs nothing: each iteration as it ends, as in char-rnn."""
+    return 1 if device.type == "cpu" else READBACK_WINDOW
 
 
 def spread_batches(n_batches: int, max_batches: int) -> list[int]:
@@ -55,9 +67,11 @@ def spread_batches(n_batches: int, max_batches: int) -> list[int]:
 
 
 def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torch.device,
-                   precision: str = "fp32", max_batches: int = 0) -> float:
+                   precision: str = "fp32", max_batches: int = 0,
+                   stopped: Callable[[], bool] = lambda: False) -> float | None:
     """Mean loss over a split's batches (spread_batches' subset of them for max_batches > 0), from a
-    zero state carried from batch to batch: char-rnn's eval_split."""
+    zero state carried from batch to batch: char-rnn's eval_split. None when `stopped()` turns true
+    before the last batch: a stop request does not wait for a long pass."""
     was_training = model.training
     model.eval()
     state = model.zero_state(loader.batch_size)
@@ -65,6 +79,9 @@ def evaluate_split(model: CharRNN, loader: BatchLoader, split: str, device: torc
     total = 0.0
     with torch.no_grad():
         for k in batches:
+            if stopped():
+                model.train(was_training)
+                return None
             x, y = (t.to(device) for t in loader.batch(split, k))
             with autocast(device, precision):
                 logits, state = model(x, state)
