@@ -56,6 +56,19 @@ def limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+HEADROOM_MB = 512
+"""What a forked test child may allocate beyond the address space it inherits (limit_growth; about 650 MB
+once torch is imported): far more than small files need (the .t7 fuzz test's child, loading 480, grows
+by under 10 MB), far less than the gigabytes a hostile file asks for."""
+
+
+def limit_growth(megabytes: int = HEADROOM_MB) -> None:
+    """Cap this process's address space at what it has now (VmSize) plus `megabytes`: for a child forked
+    from pytest, which inherits torch and everything the tests imported."""
+    pages = int(Path("/proc/self/statm").read_text().split()[0])
+    limit_memory((pages * os.sysconf("SC_PAGE_SIZE") >> 20) + megabytes)
+
+
 def data_folder(folder: Path, text: str) -> Path:
     """A char-rnn -data_dir: folder/input.txt holding `text` (UTF-8), its cache (input.h5/json)
     built now, as train.py's first use would build it: runs started together on a folder without

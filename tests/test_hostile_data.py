@@ -9,7 +9,6 @@ declares a trillion ids, a vocabulary nested 100,000 deep, FIFOs and character d
 import json
 import os
 import pickle
-import resource
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MEMORY_LIMIT_MB, REPO, assert_user_error, decode_outputs, run_script
+from conftest import MEMORY_LIMIT_MB, REPO, assert_user_error, decode_outputs, limit_growth, run_script
 from model import CharRNN
 from util import corpus, data, files, vocab as vocab_module
 from util.checkpoint import FORMAT
@@ -38,13 +37,12 @@ import sample as sample_script
 
 OLD = b"an earlier output, to be left as it was"
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 20
-HEADROOM_MB = 512  # what a bounded child may allocate beyond what it inherits
 
 
 # ---- running a case in a bounded child -------------------------------------------------------------
 
 def bounded(work: Callable[[], object], seconds: int = 20) -> tuple[str, str]:
-    """Run work() in a forked child whose address space may grow by HEADROOM_MB and which is killed
+    """Run work() in a forked child whose address space may grow by conftest.HEADROOM_MB and which is killed
     after `seconds`: ("ok", repr of the result), ("UserError", message), ("crash", type: message)
     or ("killed", signal name)."""
     reader, writer = os.pipe()
@@ -52,9 +50,7 @@ def bounded(work: Callable[[], object], seconds: int = 20) -> tuple[str, str]:
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(reader)
-            pages = int(Path("/proc/self/statm").read_text().split()[0])
-            limit = pages * os.sysconf("SC_PAGE_SIZE") + (HEADROOM_MB << 20)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            limit_growth()
             signal.alarm(seconds)
             try:
                 outcome = ("ok", repr(work())[:300])

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MEMORY_LIMIT_MB, assert_user_error, limit_memory, run_script
+from conftest import MEMORY_LIMIT_MB, assert_user_error, limit_growth, run_script
 from runner import Runs
 from t7_graphs import array_part, char_rnn_checkpoint
 from t7_writer import Raw, TensorView, write_t7
@@ -34,17 +34,13 @@ from util.torch7 import TableKey, TorchObject, load_char_rnn_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads the address space's size in /proc")
 
-HEADROOM_MB = 512
-"""How far a child of load_in_child may grow its address space beyond the pytest process's (about
-650 MB once torch is imported): far more than small files need (the fuzz test's child, loading 480,
-grows by under 10 MB), far less than the gigabytes a hostile file asks for."""
 
 
 # --- loading files in a child under limits ------------------------------------------------------
 
 def load_in_child(paths: list[Path], seconds: int = 60) -> list[dict]:
     """load_char_rnn_checkpoint on each path in turn, in one forked child whose address space may
-    grow by HEADROOM_MB and which is killed after `seconds`. For each path a dict: outcome ("ok",
+    grow by conftest.HEADROOM_MB and which is killed after `seconds`. For each path a dict: outcome ("ok",
     "ValueError", "mistyped", "warning" or the name of another exception), detail (the message,
     the field mistyped, or the traceback's end), seconds. Fails naming the path that killed the
     child."""
@@ -67,7 +63,7 @@ def _report_loads(paths: list[Path], fd: int, seconds: int) -> None:
     try:
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # which ends the child
         signal.alarm(seconds)
-        limit_memory(address_space_mb() + HEADROOM_MB)
+        limit_growth()
         with os.fdopen(fd, "w", encoding="utf-8") as pipe:
             for path in paths:
                 pipe.write(json.dumps(load_outcome(path)) + "\n")
@@ -75,12 +71,6 @@ def _report_loads(paths: list[Path], fd: int, seconds: int) -> None:
         status = 0
     finally:
         os._exit(status)
-
-
-def address_space_mb() -> int:
-    """This process's address space (VmSize), in MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[0])
-    return pages * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
 def load_outcome(path: Path) -> dict:
