@@ -348,14 +348,23 @@ def claim_checkpoint_dir(run: Run) -> RunLock | None:
     return RunLock(run.opt.checkpoint_dir, run.opt.savefile)
 
 
-def training_log(run: Run, progress: Progress) -> TrainingLog | None:
-    """The main process's CSV log in -checkpoint_dir; None elsewhere."""
+def training_log(run: Run, keep_until: int) -> TrainingLog | None:
+    """The main process's CSV log in -checkpoint_dir, its rows up to `keep_until` kept; None elsewhere."""
     if not run.ranks.is_main:
         return None
-    return TrainingLog(log_path(run.opt.checkpoint_dir, run.opt.savefile), keep_until=progress.iteration)
+    return TrainingLog(log_path(run.opt.checkpoint_dir, run.opt.savefile), keep_until)
 
 
 # ---- the iterations --------------------------------------------------------------------------------
+
+@dataclass
+class LogRow:
+    """An iteration read back, for its row of the log (util.training.TrainingLog)."""
+    iteration: int
+    train_loss: float
+    learning_rate: float  # after the iteration's decay
+    seconds: float  # the run's training time up to it
+
 
 @dataclass
 class Unread:
@@ -364,7 +373,7 @@ class Unread:
     loss: torch.Tensor  # this process's
     norm_ratio: torch.Tensor | None  # grad/param norm, on -print_every's iterations
     seconds: float  # the step's
-    learning_rate: float  # after the step's decay, as the log records it
+    learning_rate: float  # the step's
 
 
 class Trainer:
@@ -376,11 +385,14 @@ class Trainer:
     def __init__(self, run: Run, progress: Progress, hidden: State, last_saved: str | None):
         self.run, self.progress, self.hidden, self.last_saved = run, progress, hidden, last_saved
         self.lock = claim_checkpoint_dir(run)  # held by this reference until the process ends
-        self.log = training_log(run, progress)
         opt = run.opt
+        self.val_batches = spread_batches(run.loader.n_batches("val"), opt.val_max_batches)
+        # resumed from a stop that came during the checkpoint's own validation: that validation comes
+        # first, and its iteration's log row is written again with it, as a run not stopped has them
+        self.validation_due = bool(opt.resume) and self.missed_validation(progress)
+        self.log = training_log(run, progress.iteration - self.validation_due)
         self.files = RunCheckpoints(opt.checkpoint_dir, opt.savefile, opt.keep,
                                     progress.iteration if opt.resume else None) if run.ranks.is_main else None
-        self.val_batches = spread_batches(run.loader.n_batches("val"), opt.val_max_batches)
         self.started, self.first_iteration = time.perf_counter(), progress.iteration + 1
         self.overfitting_said, self.plot_drawn, self.plot_failed = False, False, False
         self.validations = len(progress.val_losses)  # -sample_every counts them
@@ -392,14 +404,20 @@ class Trainer:
         self.stop = StopRequest()  # from here on a signal asks for a checkpoint and the end of the run
         self.window = readback_window(run.device)
         self.unread: list[Unread] = []  # iterations whose numbers are still on the device
-        self.unlogged: list[tuple[Unread, float, float]] = []  # read back: (iteration, its loss, seconds so far)
+        self.unlogged: list[LogRow] = []  # read back, not yet in the log
 
     def train(self) -> int:
         """The iterations, each read back with its window's others (readback_window): the checks, the
         progress lines and the log rows of a window come at its end, and a window ends at every
         checkpoint, so nothing is validated or saved before the iterations up to it have been checked."""
-        run, stop = self.run, self.stop
+        run, progress, stop = self.run, self.progress, self.stop
         run.model.train()
+        if self.validation_due:
+            self.unlogged = [LogRow(progress.iteration, progress.train_losses[-1], run.optimizer.param_groups[0]["lr"],
+                                    progress.seconds)]
+            status = self.end_of_window(progress.iteration, validating=True)
+            if status is not None:
+                return status
         for i in range(self.first_iteration, run.iterations + 1):
             self.unread.append(self.step(i))
             validating = self.checkpoint_due(i)  # every epoch's end: a decay comes only after a read-back
@@ -410,15 +428,24 @@ class Trainer:
                 self.write_log(None)
                 return self.abort(problem)
             self.decay_learning_rate(i)
-            self.unlogged[-1][0].learning_rate = run.optimizer.param_groups[0]["lr"]
-            self.write_log(self.validate_and_save(i) if validating else None)
-            if validating and run.ranks.any_true(self.stops_early()):
-                return self.finish(0)
-            signal_number = run.ranks.any_signal(stop.signal_number)
-            if signal_number:
-                self.save_on_stop(i)
-                return self.finish(128 + signal_number)
+            self.unlogged[-1].learning_rate = run.optimizer.param_groups[0]["lr"]
+            status = self.end_of_window(i, validating)
+            if status is not None:
+                return status
         return self.finish(0)
+
+    def end_of_window(self, i: int, validating: bool) -> int | None:
+        """After iteration i's read-back: its validation and checkpoint when due, the log rows, and the
+        run's exit status if it ends here (-early_stop, a stop request)."""
+        run = self.run
+        self.write_log(self.validate_and_save(i) if validating else None)
+        if validating and run.ranks.any_true(self.stops_early()):
+            return self.finish(0)
+        signal_number = run.ranks.any_signal(self.stop.signal_number)
+        if signal_number:
+            self.save_on_stop(i)
+            return self.finish(128 + signal_number)
+        return None
 
     def step(self, i: int) -> "Unread":
         """Iteration i's batch and update, its numbers left on the device."""
@@ -453,7 +480,7 @@ class Trainer:
                 return "loss is exploding, aborting."
             progress.iteration, progress.seconds = record.iteration, progress.seconds + record.seconds
             progress.train_losses.append(train_loss)
-            self.unlogged.append((record, train_loss, progress.seconds))
+            self.unlogged.append(LogRow(record.iteration, train_loss, record.learning_rate, progress.seconds))
             if record.norm_ratio is not None:
                 i = record.iteration
                 run.say(f"{i}/{run.iterations} (epoch {i / run.iterations_per_epoch:.3f}), train_loss = "
@@ -466,9 +493,16 @@ class Trainer:
         rows, self.unlogged = self.unlogged, []
         if self.log is None:
             return
-        for k, (record, train_loss, seconds) in enumerate(rows):
-            self.log.append(record.iteration, record.iteration / self.run.iterations_per_epoch, train_loss,
-                            val_loss if k == len(rows) - 1 else None, record.learning_rate, seconds)
+        for k, row in enumerate(rows):
+            self.log.append(row.iteration, row.iteration / self.run.iterations_per_epoch, row.train_loss,
+                            val_loss if k == len(rows) - 1 else None, row.learning_rate, row.seconds)
+
+    def missed_validation(self, progress: Progress) -> bool:
+        """Whether the checkpoint resumed from is one due a validation that it does not have (a stop
+        request ended the pass)."""
+        i = progress.iteration
+        return bool(self.val_batches) and 0 < i <= self.run.iterations and self.checkpoint_due(i) \
+            and not (progress.val_losses and progress.val_losses[-1][0] == i)
 
     def decay_learning_rate(self, i: int) -> None:
         """char-rnn's decay: at each epoch's end from -learning_rate_decay_after on."""
@@ -517,7 +551,7 @@ class Trainer:
         return val_loss
 
     def validation_details(self, i: int, val_loss: float) -> str:
-        done = i - self.first_iteration + 1
+        done = max(1, i - self.first_iteration + 1)  # 0 for a resumed run's first, missed validation
         elapsed = time.perf_counter() - self.started
         best = best_validation(self.progress.val_losses)
         assert best is not None  # val_loss was just appended

@@ -53,6 +53,14 @@ def test_sigterm_during_a_validation_pass_ends_it_at_the_next_batch(long_validat
     checkpoint = load_checkpoint(str(tmp_path / stopped.group(1)))
     assert checkpoint["iteration"] == 1
     assert checkpoint["val_loss"] is None and checkpoint["val_losses"] == []
+    # -resume runs the validation the stop cut short first, as the run would have had it
+    resumed = run_script("train.py", "-resume", stopped.group(1), "-max_epochs", "0.02", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"^validation loss at epoch 0\.02: ", resumed.stdout, re.M), resumed.stdout
+    again = load_checkpoint(str(tmp_path / stopped.group(1)))
+    assert again["val_losses"] == [[1, again["val_loss"]]] and again["val_loss"] is not None
+    rows = (tmp_path / "cv" / "lm_log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[3] == f"{again['val_loss']:.8f}"
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
