@@ -23,8 +23,12 @@ one call for the layers named. `sequence`: the layer's hand-written autograd Fun
 whole sequence; layer 1's takes the gathered columns of i2h for its one-hot product. GRU has no
 kernel (nn.GRU computes another candidate), torch.rnn_tanh is no fused kernel on the CPU
 (Layer.kernel_on_cpu), and above KERNEL_ONE_HOT_LIMIT the one-hot product costs the kernel more
-than the gather costs the sequence.
+than the gather costs the sequence. Under bfloat16 autocast the kernel runs in bfloat16, except on a
+CPU whose oneDNN has no bfloat16 LSTM (kernel_precision): there it runs in float32.
 """
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,10 +152,31 @@ class CharRNN(nn.Module):
         # cuDNN takes no strided state ("rnn: hx is not contiguous"), such as a process's rows of a
         # batch under torchrun; for a contiguous state this is the same tensor
         hidden = tuple(part[first:].contiguous() for part in state)
-        result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
-                             has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
-                             bidirectional=False, batch_first=False)
+        with kernel_precision(layer_input.device):
+            result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
+                                 has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
+                                 bidirectional=False, batch_first=False)
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
+
+
+def kernel_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Where the fused kernel runs under autocast: as autocast says, except on a CPU whose oneDNN has
+    no bfloat16 LSTM (it needs AVX-512; elsewhere it raises "could not create a primitive
+    descriptor"), where the kernel runs in float32 and the rest of the model in bfloat16."""
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_lstm_takes_bfloat16():
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
+
+
+@functools.cache
+def cpu_lstm_takes_bfloat16() -> bool:
+    """Whether this CPU's oneDNN runs PyTorch's fused LSTM under bfloat16 autocast (asked once)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nn.LSTM(1, 1)(torch.zeros(1, 1, 1))
+    except RuntimeError:
+        return False
+    return True
 
 
 class Stepper:

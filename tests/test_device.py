@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from util import device
 from util.device import autocast, check_precision, select_device
 from util.errors import UserError
 
@@ -58,8 +59,13 @@ def test_check_precision_names_the_bad_value_and_warns_without_bfloat16_hardware
     check_precision("fp32", cpu, said.append)
     assert said == []
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(device, "cpu_lstm_takes_bfloat16", lambda: True)
     check_precision("bf16", cpu, said.append)
     assert len(said) == 1 and "no bfloat16 instructions" in said[0]
+    monkeypatch.setattr(device, "cpu_lstm_takes_bfloat16", lambda: False)  # oneDNN's LSTM needs AVX-512
+    said.clear()
+    check_precision("bf16", cpu, said.append)
+    assert len(said) == 2 and "an LSTM's fused kernel runs in float32, the rest of the model in bfloat16" in said[1]
 
 
 # ---- CUDA, by mocks: which device, TF32, bf16 (tests/test_cuda.py checks them on a GPU) ----------

@@ -1,8 +1,12 @@
 """Data-parallel training under torchrun (gloo on the CPU) equals one process on the whole batch;
 with a mocked torch.distributed, the group processes on CUDA talk in (util.distributed.on_device)."""
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +21,24 @@ ARGS = ["-rnn_size", "16", "-num_layers", "2", "-batch_size", "4", "-seq_length"
 PROGRESS = re.compile(r"^(\d+)/\d+ \(epoch [\d.]+\), train_loss = ([\d.]+),", re.M)
 
 
-def torchrun(cwd, nproc: int, *args: str) -> subprocess.CompletedProcess:
+def torchrun(cwd, nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """train.py under torchrun. A run past `timeout` fails the test with where each process was: its
+    workers get SIGABRT, and Python's fault handler writes their stacks to the output shown."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(REPO / "train.py"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240)
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"}) as agent:
+        try:
+            stdout, stderr = agent.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for worker in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split():
+                os.kill(int(worker), signal.SIGABRT)
+            time.sleep(5)
+            agent.kill()
+            stdout, stderr = agent.communicate()
+            pytest.fail(f"torchrun {' '.join(args)} ran past {timeout} s; its output:\n{stdout[-3000:]}\n"
+                        f"{stderr[-12000:]}")
+    return subprocess.CompletedProcess(command, agent.returncode, stdout, stderr)
 
 
 def losses(output: str) -> dict[int, float]:

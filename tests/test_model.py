@@ -275,6 +275,30 @@ def test_bfloat16_autocast_follows_the_float32_numbers(cell, kernel_on_cpu, voca
         close(grads[name], ref_grads[name], name, rtol=0.1, atol=0.05 * scale)
 
 
+def test_without_onednn_bfloat16_lstm_the_kernel_runs_in_float32_and_the_rest_in_bfloat16(monkeypatch):
+    """A CPU without AVX-512 has no bfloat16 LSTM in oneDNN (torch.lstm raises there): under
+    bfloat16 autocast the kernel then runs in float32, so the state is float32's exactly, and the
+    decoder still runs in bfloat16."""
+    model = make_model("lstm", 11, 16, 2, scale=0.3)
+    state, x = random_state(model, 4), tokens(11, 4, 8)
+    autocast_in_kernel = []
+    lstm = char_rnn.LSTMLayer.kernel
+
+    def spy(*args, **kwargs):
+        autocast_in_kernel.append(torch.is_autocast_enabled("cpu"))
+        return lstm(*args, **kwargs)
+
+    monkeypatch.setattr(char_rnn, "cpu_lstm_takes_bfloat16", lambda: False)
+    monkeypatch.setattr(char_rnn.LSTMLayer, "kernel", staticmethod(spy))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, final = model(x, state)
+    assert autocast_in_kernel == [False]
+    assert logits.dtype == torch.bfloat16 and all(part.dtype == torch.float32 for part in final)
+    _, float32_final = model(x, state)
+    for got, want in zip(final, float32_final, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)
 @pytest.mark.parametrize("vocab", ["small", "large"])
 @pytest.mark.parametrize("loss_of", ["outputs", "final state"])

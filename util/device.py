@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from model.char_rnn import cpu_lstm_takes_bfloat16
 from util.errors import UserError
 from util.options import Option
 
@@ -90,14 +91,18 @@ def bf16_capable(device: torch.device) -> bool:
 
 def check_precision(precision: str, device: torch.device, log: Callable[[str], None] = print) -> None:
     """A clear error for an unknown -precision; a notice where bf16 is slow (a CPU without bfloat16
-    instructions) or runs in float32 instead (a GPU older than BF16_CAPABILITY: autocast below)."""
+    instructions), runs in float32 instead (a GPU older than BF16_CAPABILITY: autocast below) or
+    in part (a CPU without oneDNN's bfloat16 LSTM: model.char_rnn.kernel_precision)."""
     if precision not in PRECISIONS:
         raise UserError(f"-precision must be fp32 or bf16, not '{precision}'")
     if precision != "bf16":
         return
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log("notice: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX); -precision bf16 will be slow")
-    elif not bf16_capable(device):
+    if device.type == "cpu" and not cpu_lstm_takes_bfloat16():
+        log("notice: this CPU's oneDNN has no bfloat16 LSTM (it needs AVX-512): an LSTM's fused kernel runs "
+            "in float32, the rest of the model in bfloat16")
+    if not bf16_capable(device):
         major, minor = torch.cuda.get_device_capability(device)
         log(f"notice: this GPU (compute capability {major}.{minor}) has no bfloat16 arithmetic (it needs "
             f"{BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]}); -precision bf16 runs in float32 instead")
