@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from model import LAYERS, CharRNN, State
+from model.char_rnn import parameter_count
 from util import distributed
 from util.checkpoint import (
     IndexRow,
@@ -42,6 +43,7 @@ from util.device import (
     check_precision,
     configure_cpu,
     manual_seed,
+    memory_bytes,
     select_device,
     synchronize,
 )
@@ -189,11 +191,12 @@ def resumed_options(parsed: Parsed, checkpoint: dict) -> SimpleNamespace:
 
 
 def starting_model(opt: SimpleNamespace, given: set[str], vocab: Vocab, start: dict | None,
-                   say: Callable[..., None]) -> CharRNN:
+                   device: torch.device, say: Callable[..., None]) -> CharRNN:
     """A fresh model of the options' shape, or the weights and shape of the -init_from / -resume
     checkpoint `start` (its shape wins, as in char-rnn; learned forget biases are kept). Its dropout
     too, as char-rnn keeps the saved graph's, unless -dropout is given."""
     if start is None:
+        check_model_size(opt.model, len(vocab), opt.rnn_size, opt.num_layers, device)
         model = CharRNN(opt.model, len(vocab), opt.rnn_size, opt.num_layers, opt.dropout)
         model.initialize()
         return model
@@ -208,6 +211,27 @@ def starting_model(opt: SimpleNamespace, given: set[str], vocab: Vocab, start: d
     if dropout != saved_dropout:
         say(f"-dropout {lua_number(dropout)} replaces the checkpoint's {lua_number(saved_dropout)}")
     return model
+
+
+BYTES_PER_PARAMETER = 16
+"""What training holds per parameter: float32 weights, their gradients, RMSprop's averages and the
+copy a checkpoint is written from."""
+
+
+def check_model_size(model_type: str, vocab_size: int, rnn_size: int, num_layers: int, device: torch.device) -> None:
+    """A model whose training needs more than the device's memory is a UserError before it is built
+    (building one of millions of layers would take hours, one of a huge -rnn_size fail in the allocator)."""
+    shape = f"-model {model_type} at {num_layers} x {rnn_size} over {vocab_size} tokens"
+    try:
+        needed = parameter_count(model_type, vocab_size, rnn_size, num_layers) * BYTES_PER_PARAMETER
+    except OverflowError:
+        needed = None
+    memory = memory_bytes(device)
+    if needed is None or (memory is not None and needed > memory):
+        size = "more bytes than 64 bits count" if needed is None else f"{needed / 2**30:,.1f} GiB"
+        has = "" if memory is None else f", more than this {device.type.upper()}'s {memory / 2**30:,.1f} GiB"
+        raise UserError(f"{shape} needs {size} to train ({BYTES_PER_PARAMETER} bytes per parameter){has}; use a "
+                        f"smaller -rnn_size or -num_layers")
 
 
 def main(argv: list[str]) -> int:
@@ -264,7 +288,7 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
                         f"-encoding reads -data_dir's text (preprocess.py -encoding sets that of an HDF5/JSON pair)")
     rows = ranks.rows(opt.batch_size)
     prefixes = sample_prefixes(opt.sample_prime, vocab)
-    model = starting_model(opt, given, vocab, start, say).to(device)
+    model = starting_model(opt, given, vocab, start, device, say).to(device)
     network = DistributedDataParallel(model, process_group=ranks.group) if ranks.active else model
     optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
     run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,

@@ -159,6 +159,21 @@ class CharRNN(nn.Module):
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
 
 
+def parameter_count(model_type: str, vocab_size: int, rnn_size: int, num_layers: int) -> int:
+    """The number of parameters of that CharRNN, from models of one and two layers built on the meta
+    device: no memory, and no time for a stack of millions. A size whose weights 64 bits cannot
+    count in bytes raises OverflowError."""
+    def count(layers: int) -> int:
+        try:
+            with torch.device("meta"):
+                return sum(p.numel() for p in CharRNN(model_type, vocab_size, rnn_size, layers).parameters())
+        except (RuntimeError, TypeError, ValueError):  # past 64 bits: numel overflow, or a size torch cannot take
+            raise OverflowError(f"a {model_type} of size {rnn_size} over {vocab_size} tokens") from None
+
+    one = count(1)
+    return one if num_layers == 1 else one + (num_layers - 1) * (count(2) - one)
+
+
 def kernel_precision(device: torch.device) -> contextlib.AbstractContextManager:
     """Where the fused kernel runs under autocast: as autocast says, except on a CPU whose oneDNN has
     no bfloat16 LSTM (it needs AVX-512; elsewhere it raises "could not create a primitive
@@ -170,10 +185,13 @@ def kernel_precision(device: torch.device) -> contextlib.AbstractContextManager:
 
 @functools.cache
 def cpu_lstm_takes_bfloat16() -> bool:
-    """Whether this CPU's oneDNN runs PyTorch's fused LSTM under bfloat16 autocast (asked once)."""
+    """Whether this CPU's oneDNN runs PyTorch's fused LSTM under bfloat16 autocast (asked once, of
+    zeros: no random numbers are drawn, so a run's stay the same)."""
+    weights = [torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4), torch.zeros(4)]
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            nn.LSTM(1, 1)(torch.zeros(1, 1, 1))
+            torch.lstm(torch.zeros(1, 1, 1), (torch.zeros(1, 1, 1), torch.zeros(1, 1, 1)), weights, has_biases=True,
+                       num_layers=1, dropout=0.0, train=False, bidirectional=False, batch_first=False)
     except RuntimeError:
         return False
     return True

@@ -389,6 +389,14 @@ CASES = [
     Case("tr_h5_below_one_batch", "train.py", ["-input_h5", "d.h5", "-input_json", "d.json", "-gpuid", "-1",
                                                "-batch_size", "20", "-seq_length", "30"], pair,
          ("too small", "-batch_size", "-seq_length")),
+    Case("tr_batch_of_2_to_the_62", "train.py", [*DATA, "-batch_size", str(2 ** 62)], data,
+         ("too small", f"{2 ** 62} x 5", "-batch_size")),
+    Case("tr_model_beyond_memory", "train.py", [*DATA, "-rnn_size", "100000"], data,
+         ("-model lstm at 1 x 100000", "GiB", "more than this CPU's", "-rnn_size")),
+    Case("tr_ten_billion_layers", "train.py", [*DATA, "-num_layers", str(10 ** 10)], data,  # building: days
+         ("x 8", "GiB", "-num_layers")),
+    Case("tr_rnn_size_beyond_64_bits", "train.py", [*DATA, "-rnn_size", str(2 ** 62)], data,
+         ("more bytes than 64 bits count", "-rnn_size")),
     Case("tr_val_below_one_batch", "train.py", [*DATA, "-train_frac", "0.5", "-val_frac", "0.001"], data,
          ("val", "too small")),
 

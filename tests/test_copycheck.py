@@ -1,6 +1,8 @@
 """The copy check (util/copycheck.py): the longest passage of a sample found verbatim in a corpus, and
 the share of the sample inside copied passages, against brute force, with the file and report edges."""
+import os
 import random
+import re
 
 import pytest
 
@@ -219,8 +221,11 @@ def test_read_corpus_gives_the_same_report_for_any_encoding_of_a_text(tmp_path):
 
 
 def test_read_corpus_reports_an_unreadable_file_in_one_line(tmp_path):
-    for path in (tmp_path / "missing.txt", tmp_path):
-        with pytest.raises(UserError, match=f"^cannot read -check_copy file {path}: ") as error:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opened for reading, it would wait for a writer forever
+    for path, problem in ((tmp_path / "missing.txt", "does not exist"), (tmp_path, "is a directory"),
+                          (fifo, "is a FIFO (named pipe)"), ("/dev/zero", "is a character device")):
+        with pytest.raises(UserError, match=f"^-check_copy file {path} {re.escape(problem)}") as error:
             read_corpus(str(path), "utf-8")
         assert "\n" not in str(error.value)
 

@@ -52,6 +52,17 @@ def tokens(vocab_size, batch_size, length, seed=2):
 def test_parameter_count_matches_char_rnn(cell, expected):
     model = CharRNN(cell, 65, 128, 2)
     assert sum(p.numel() for p in model.parameters()) == expected
+    assert char_rnn.parameter_count(cell, 65, 128, 2) == expected  # what train.py's memory check counts
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_parameter_count_is_the_built_models_without_building_it(cell):
+    for layers in (1, 3, 7):
+        built = sum(p.numel() for p in CharRNN(cell, 11, 6, layers).parameters())
+        assert char_rnn.parameter_count(cell, 11, 6, layers) == built
+    assert char_rnn.parameter_count(cell, 65, 128, 10 ** 12) > 10 ** 16  # counted, not built
+    with pytest.raises(OverflowError):
+        char_rnn.parameter_count(cell, 65, 2 ** 62, 2)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -297,6 +308,14 @@ def test_without_onednn_bfloat16_lstm_the_kernel_runs_in_float32_and_the_rest_in
     _, float32_final = model(x, state)
     for got, want in zip(final, float32_final, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_asking_the_cpu_for_a_bfloat16_lstm_draws_no_random_numbers():
+    """It is asked before the model is initialised (check_precision) and in the middle of a run: a
+    draw would change the run's weights or dropout masks."""
+    before = torch.random.get_rng_state()
+    assert char_rnn.cpu_lstm_takes_bfloat16.__wrapped__() in (True, False)
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 @pytest.mark.parametrize("cell, kernel_on_cpu", PATHS)

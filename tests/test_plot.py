@@ -6,6 +6,7 @@ script runs start together at the beginning of the module; the numbers are check
 """
 import csv
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,7 +79,10 @@ def plot_after_junk(folder: Path, log: Path) -> subprocess.CompletedProcess:
 def bad_inputs(folder: Path, trained: Path) -> dict[str, Path]:
     """Inputs plot.py refuses, written into `folder`; `trained` is a checkpoint of the tiny run."""
     files = {"missing": folder / "missing.csv", "not_a_log": folder / "other.csv", "empty_log": folder / "empty.csv",
-             "no_losses": folder / "no_losses.pt", "no_losses_t7": folder / "no_losses.t7"}
+             "no_losses": folder / "no_losses.pt", "no_losses_t7": folder / "no_losses.t7",
+             "fifo_log": folder / "fifo.csv", "fifo_checkpoint": folder / "fifo.pt"}
+    os.mkfifo(files["fifo_log"])  # read, either would wait for a writer forever
+    os.mkfifo(files["fifo_checkpoint"])
     files["not_a_log"].write_text("name,value\na,1\n", encoding="utf-8")
     files["empty_log"].write_text(LOG_HEADER, encoding="utf-8")
     checkpoint = torch.load(trained, weights_only=True)
@@ -101,7 +105,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         r.submit("log", plot_after_junk, train, Path("cv") / "lm_tiny_log.csv", after=("train",))
         r.start("checkpoint", "plot.py", checkpoint, "-output", root / "checkpoint.png", after=("train",))
         r.submit("bad", bad_inputs, r.folder("bad"), checkpoint, after=("train",))
-        for name in ("missing", "not_a_log", "empty_log", "no_losses", "no_losses_t7"):
+        for name in ("missing", "not_a_log", "empty_log", "no_losses", "no_losses_t7", "fifo_log", "fifo_checkpoint"):
             r.submit(name, run_plot, r, name, after=("bad",))
         r.start("unwritable", "plot.py", log, "-output", root / "no_such_folder" / "x.png", after=("train",))
         yield r
@@ -156,6 +160,8 @@ def test_plot_draws_a_torch7_checkpoint_named_for_its_run(runs):
     ("empty_log", ["empty.csv", "no iterations"]),
     ("no_losses", ["no_losses.pt", "no training losses"]),
     ("no_losses_t7", ["no_losses.t7", "no training losses"]),
+    ("fifo_log", ["fifo.csv", "is a FIFO (named pipe), not a regular file"]),
+    ("fifo_checkpoint", ["fifo.pt", "is a FIFO (named pipe), not a regular file"]),
     ("unwritable", ["cannot write the loss plot", "x.png"]),
 ])
 def test_bad_inputs_are_one_line_errors(runs, name, fragments):

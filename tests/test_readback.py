@@ -6,6 +6,7 @@ of one does, also when it aborts in the middle of a window.
 """
 import csv
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,12 @@ def run(folder: Path, window: int, monkeypatch, capsys, *args: str) -> tuple[int
     monkeypatch.chdir(folder)
     monkeypatch.setattr(train, "readback_window", lambda device: window)
     capsys.readouterr()
-    status = train.main([*RUN, *args])
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = train.main([*RUN, *args])
+    finally:  # the run's stop request took Ctrl-C and SIGTERM: they are pytest's again
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     lines = [re.sub(r"\d+\.\d+s\b", "Ts", line) for line in capsys.readouterr().out.splitlines()
              if not line.startswith("notice: validation")]  # the cost notice times the machine
     with open(folder / "cv" / "lm_log.csv", newline="") as handle:

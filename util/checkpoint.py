@@ -67,7 +67,7 @@ import torch
 from model import LAYERS, CharRNN, State
 from util.data import BatchLoader
 from util.errors import UserError
-from util.files import replaced_atomically
+from util.files import open_regular, replaced_atomically
 from util.options import shown
 from util.training import Progress, rmsprop
 from util.vocab import BYTES, Vocab, check_text_encoding
@@ -340,13 +340,9 @@ def load_checkpoint(path: str) -> dict:
     any problem is a UserError."""
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise UserError(f"File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as error:
-        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    with open_regular(path, "checkpoint",
+                      missing=f"File {path} does not exist. Are you sure you didn't forget to prepend cv/ ?"):
+        pass  # the file opens: the readers below may open it again
     return validate(_load_torch7(path) if path.endswith(".t7") else read_pt(path), path)
 
 

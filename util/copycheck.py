@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from util.errors import UserError
+from util.files import open_regular
 from util.vocab import BYTES, check_text_encoding, has_utf8_bom
 
 COPY_LENGTH = 20
@@ -372,7 +373,7 @@ def read_corpus(path: str, encoding: str) -> Corpus:
     dropped) or, when encoding == "bytes", its raw bytes. Raises UserError with a one-line message
     for an unreadable file or one that does not decode."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "-check_copy file") as handle:  # no device or FIFO: reads end
             data = handle.read()
     except OSError as error:
         raise UserError(f"cannot read -check_copy file {path}: {error.strerror or error}") from None

@@ -375,9 +375,11 @@ def char_rnn_splits(ids: "np.ndarray | Tokens", batch_size: int, seq_length: int
     n_val = n_batches - n_train if test_frac == 0 else int(n_batches * val_frac)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n_batches)}
     wanted = {"train": True, "val": val_frac > 0, "test": test_frac > 0}
+    # a batch_size above the text's length gives no batches: no more rows than tokens are laid out for it
+    rows = np.arange(min(batch_size, len(tokens))) * row
     # y is x shifted over the whole layout: the last target wraps round to the first token
-    return {name: Split(tokens, np.arange(batch_size) * row + lo * seq_length, (hi - lo) * seq_length, hi - lo,
-                        wanted[name], wrap=n_batches * span)
+    return {name: Split(tokens, rows + lo * seq_length, (hi - lo) * seq_length, hi - lo, wanted[name],
+                        wrap=n_batches * span)
             for name, (lo, hi) in bounds.items()}
 
 

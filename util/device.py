@@ -166,3 +166,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of `device`: a GPU's own, or the machine's for the CPU (and for MPS, which shares
+    it); None where the system does not say."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows), or a name this system lacks
+        return None

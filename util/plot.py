@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from util.errors import UserError
-from util.files import replaced_atomically
+from util.files import open_regular, replaced_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -136,8 +136,8 @@ def rows_from_log(csv_path: str) -> LossCurves:
     """The curves of train.py's training log (cv/lm_log.csv: util.training.TrainingLog). A log being
     written may end in half a row: a last line without its newline is left out."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            text = handle.read()
+        with open_regular(csv_path, "the training log") as handle:  # no device or FIFO: reads end
+            text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or "not a text file"
         raise UserError(f"cannot read the training log {csv_path}: {reason}") from None
