@@ -670,15 +670,16 @@ def test_vocabulary_with_an_unusable_encoding_is_a_user_error(encoding):
 @pytest.mark.parametrize("name", ["ck.pt", "model.t7"])
 def test_unreadable_checkpoint_is_a_user_error(tmp_path, monkeypatch, name):
     """A checkpoint the user may not read (or a disk error): the tests run as root, where chmod
-    cannot take read permission away, so util.checkpoint's open fails here instead."""
+    cannot take read permission away, so the open (util.files.open_regular's) fails here instead."""
     import util.checkpoint
+    import util.files
 
     path = tmp_path / name
     path.write_bytes(b"PK\x03\x04 whatever")
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(util.checkpoint, "open", refuse, raising=False)
+    monkeypatch.setattr(util.files.os, "open", refuse)
     with pytest.raises(UserError) as error:
         util.checkpoint.load_checkpoint(str(path))
     assert str(error.value) == f"cannot read checkpoint {path}: Permission denied"

@@ -70,7 +70,7 @@ from util.errors import UserError
 from util.files import open_regular, replaced_atomically
 from util.options import shown
 from util.training import Progress, rmsprop
-from util.vocab import BYTES, Vocab, check_text_encoding
+from util.vocab import BYTES, Vocab, check_text_encoding, token_problem
 
 FORMAT = "char-rnn-pytorch 1"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -546,21 +546,20 @@ def fit_problem(weights: dict, shape: dict) -> str | None:
 
 
 def check_vocab(vocab: dict, vocab_size: int, path: str) -> None:
-    """One token per id of the model, each a single character, none twice, in an encoding Python knows
-    (or bytes, 0..255)."""
+    """One token per id of the model, in an encoding Python knows (or bytes), the tokens as any
+    vocabulary's (util.vocab.token_problem: distinct single characters, bytes in a byte vocabulary)."""
     tokens, encoding = vocab.get("tokens"), vocab.get("encoding")
     known = isinstance(encoding, str) and (encoding == BYTES or text_encoding(encoding))
     if not known:
         raise UserError(f"{path}: its vocabulary's encoding {shown(encoding)} is neither bytes nor a text "
                         f"encoding Python knows")
-    if not (isinstance(tokens, list) and all(isinstance(t, str) and len(t) == 1 for t in tokens)):
-        raise UserError(f"{path}: its vocabulary's tokens are not a list of single characters")
-    if len(set(tokens)) != len(tokens):
-        raise UserError(f"{path}: its vocabulary holds a token twice")
+    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        raise UserError(f"{path}: its vocabulary's tokens are not a list of texts")
+    problem = token_problem(tokens, len(set(tokens)), encoding)
+    if problem:
+        raise UserError(f"{path}: its vocabulary: {problem}")
     if len(tokens) != vocab_size:
         raise UserError(f"{path}: its vocabulary has {len(tokens)} tokens, its model {vocab_size}")
-    if encoding == BYTES and max(map(ord, tokens)) > 255:
-        raise UserError(f"{path}: its vocabulary of bytes holds a character above 255")
 
 
 def text_encoding(encoding: str) -> bool:
