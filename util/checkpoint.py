@@ -549,8 +549,7 @@ def check_vocab(vocab: dict, vocab_size: int, path: str) -> None:
     """One token per id of the model, in an encoding Python knows (or bytes), the tokens as any
     vocabulary's (util.vocab.token_problem: distinct single characters, bytes in a byte vocabulary)."""
     tokens, encoding = vocab.get("tokens"), vocab.get("encoding")
-    known = isinstance(encoding, str) and (encoding == BYTES or text_encoding(encoding))
-    if not known:
+    if not isinstance(encoding, str) or not (encoding == BYTES or text_encoding(encoding)):
         raise UserError(f"{path}: its vocabulary's encoding {shown(encoding)} is neither bytes nor a text "
                         f"encoding Python knows")
     if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
