@@ -11,9 +11,9 @@ takes depends on the cell, the device and the vocabulary size V:
 
     cell  device     V <= KERNEL_ONE_HOT_LIMIT              V > KERNEL_ONE_HOT_LIMIT
     lstm  CPU        kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
-    lstm  CUDA/MPS   kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
+    lstm  CUDA/MPS   kernel on all layers, one-hot input    kernel on all layers, one-hot input
     rnn   CPU        every layer as its `sequence`          every layer as its `sequence`
-    rnn   CUDA/MPS   kernel on all layers, one-hot input    layer 1 `sequence`, kernel on layers 2..n
+    rnn   CUDA/MPS   kernel on all layers, one-hot input    kernel on all layers, one-hot input
     gru   CPU        every layer as its `sequence`          every layer as its `sequence`
     gru   CUDA/MPS   every layer as its `sequence`          every layer as its `sequence`
     sampling (`step`, Stepper), every cell, device and V: each layer's `step`, one character at a time
@@ -22,9 +22,12 @@ kernel: the cell's fused multi-layer PyTorch function (Layer.kernel: torch.lstm,
 one call for the layers named. `sequence`: the layer's hand-written autograd Function over the
 whole sequence; layer 1's takes the gathered columns of i2h for its one-hot product. GRU has no
 kernel (nn.GRU computes another candidate), torch.rnn_tanh is no fused kernel on the CPU
-(Layer.kernel_on_cpu), and above KERNEL_ONE_HOT_LIMIT the one-hot product costs the kernel more
-than the gather costs the sequence. Under bfloat16 autocast the kernel runs in bfloat16, except on a
-CPU whose oneDNN has no bfloat16 LSTM (kernel_precision): there it runs in float32.
+(Layer.kernel_on_cpu), and on the CPU above KERNEL_ONE_HOT_LIMIT the one-hot product costs the
+kernel more than the gather costs the sequence. A GPU is launch-bound at char-rnn's sizes: there
+the sequence's launches per time step (a few, forward and backward: about 700 a step at V 2,583)
+cost more than the kernel's one product of the one-hot, so the one-hot goes in at every V (a rule
+from the launch counts, not yet timed on a GPU). Under bfloat16 autocast the kernel runs in
+bfloat16, except on a CPU whose oneDNN has no bfloat16 LSTM (kernel_precision): there in float32.
 """
 import contextlib
 import functools
@@ -41,7 +44,7 @@ from model.rnn import RNNLayer
 LAYERS: dict[str, type[Layer]] = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
 State = tuple[torch.Tensor, ...]  # for LSTM (h, c), else (h,); each (num_layers, batch, rnn_size)
 
-# The largest vocabulary whose one-hot goes into the fused kernel as layer 1's input; above it
+# On the CPU, the largest vocabulary whose one-hot goes into the fused kernel as layer 1's input; above it
 # layer 1 runs as its `sequence` on gathered columns of i2h (the kernel still runs layers 2..n).
 # The kernel's cost grows with the one-hot product (vocabulary x 4H for every character, forward
 # and twice backward), the sequence's does not. Chosen from CPU timings of both paths (LSTM
@@ -129,7 +132,7 @@ class CharRNN(nn.Module):
         by the path of the module docstring's table."""
         first = self.layers[0]
         use_kernel = self.use_kernel and (x.device.type != "cpu" or first.kernel_on_cpu)
-        if use_kernel and self.vocab_size <= KERNEL_ONE_HOT_LIMIT:
+        if use_kernel and one_hot_into_kernel(x.device, self.vocab_size):
             one_hot = x.new_zeros(*x.shape, self.vocab_size, dtype=self.decoder.weight.dtype)
             return self._kernel(one_hot.scatter_(2, x.unsqueeze(2), 1.0), state, 0)
         layer_input, layer_state = first.sequence(x, tuple(part[0] for part in state))
@@ -157,6 +160,11 @@ class CharRNN(nn.Module):
                                  has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
                                  bidirectional=False, batch_first=False)
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
+
+
+def one_hot_into_kernel(device: torch.device, vocab_size: int) -> bool:
+    """Whether layer 1 goes into the kernel with the one-hot (the module docstring's table)."""
+    return device.type != "cpu" or vocab_size <= KERNEL_ONE_HOT_LIMIT
 
 
 def parameter_count(model_type: str, vocab_size: int, rnn_size: int, num_layers: int) -> int:

@@ -286,6 +286,15 @@ def test_bfloat16_autocast_follows_the_float32_numbers(cell, kernel_on_cpu, voca
         close(grads[name], ref_grads[name], name, rtol=0.1, atol=0.05 * scale)
 
 
+def test_on_a_gpu_the_one_hot_goes_into_the_kernel_at_every_vocabulary():
+    """The path table: on the CPU only up to KERNEL_ONE_HOT_LIMIT; a GPU is launch-bound, and layer
+    1's sequence launches kernels at every time step."""
+    cpu, limit = torch.device("cpu"), char_rnn.KERNEL_ONE_HOT_LIMIT
+    assert char_rnn.one_hot_into_kernel(cpu, limit) and not char_rnn.one_hot_into_kernel(cpu, limit + 1)
+    for gpu in (torch.device("cuda", 0), torch.device("mps")):
+        assert char_rnn.one_hot_into_kernel(gpu, 2583) and char_rnn.one_hot_into_kernel(gpu, 10 ** 5)
+
+
 def test_without_onednn_bfloat16_lstm_the_kernel_runs_in_float32_and_the_rest_in_bfloat16(monkeypatch):
     """A CPU without AVX-512 has no bfloat16 LSTM in oneDNN (torch.lstm raises there): under
     bfloat16 autocast the kernel then runs in float32, so the state is float32's exactly, and the
