@@ -350,7 +350,7 @@ def starting_point(run: Run, resume: dict | None, given: set[str]) -> tuple[Prog
         progress, hidden, last_saved = Progress(), run.model.zero_state(opt.batch_size), None
     else:
         learning_rate = opt.learning_rate if "learning_rate" in given else None
-        progress, hidden = restore_training(resume, opt.resume, run.optimizer, run.loader, run.device,
+        progress, hidden = restore_training(resume, opt.resume, run.model, run.optimizer, run.loader, run.device,
                                             learning_rate)
         last_saved = opt.resume
         run.say(f"resuming at iteration {progress.iteration + 1} of {run.iterations}")
@@ -655,7 +655,8 @@ class Trainer:
         path = checkpoint_path(run.opt.checkpoint_dir, run.opt.savefile, progress.iteration,
                                run.iterations_per_epoch)
         if self.files is not None:
-            training = training_state(run.optimizer, run.loader.position["train"], hidden, run.device, progress)
+            training = training_state(run.model, run.optimizer, run.loader.position["train"], hidden, run.device,
+                                      progress)
             save_checkpoint(path, build_checkpoint(run.model, run.vocab, vars(run.opt),
                                                    {"data_source": run.data_source}, progress,
                                                    run.iterations_per_epoch, val_loss, training))

@@ -19,7 +19,10 @@ takes depends on the cell, the device and the vocabulary size V:
     sampling (`step`, Stepper), every cell, device and V: each layer's `step`, one character at a time
 
 kernel: the cell's fused multi-layer PyTorch function (Layer.kernel: torch.lstm, torch.rnn_tanh),
-one call for the layers named. `sequence`: the layer's hand-written autograd Function over the
+one call for the layers named, taking the layers' parameters as they are (the LSTM keeps its gates
+in the kernels' order, model/lstm.py); on CUDA they live in one buffer laid out as cuDNN reads it
+(share_cudnn_buffer), so cuDNN neither copies them at each call nor warns that they are "not part
+of single contiguous chunk of memory". `sequence`: the layer's hand-written autograd Function over the
 whole sequence; layer 1's takes the gathered columns of i2h for its one-hot product. GRU has no
 kernel (nn.GRU computes another candidate), torch.rnn_tanh is no fused kernel on the CPU
 (Layer.kernel_on_cpu), and on the CPU above KERNEL_ONE_HOT_LIMIT the one-hot product costs the
@@ -31,14 +34,16 @@ bfloat16, except on a CPU whose oneDNN has no bfloat16 LSTM (kernel_precision): 
 """
 import contextlib
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.backends.cudnn import rnn as cudnn_rnn
 
 from model.gru import GRULayer
 from model.layer import Layer, Layers, LayerState
-from model.lstm import LSTMLayer
+from model.lstm import GateLinear, LSTMLayer
 from model.rnn import RNNLayer
 
 LAYERS: dict[str, type[Layer]] = {"lstm": LSTMLayer, "gru": GRULayer, "rnn": RNNLayer}
@@ -68,6 +73,34 @@ class CharRNN(nn.Module):
         nn.init.uniform_(self.decoder.bias, -0.08, 0.08)
         for layer in self.layers:
             layer.initialize()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "CharRNN":
+        """nn.Module's (.to() and .cuda() go through it), then the weights laid out for cuDNN anew."""
+        result = super()._apply(fn, recurse)
+        self.share_cudnn_buffer()
+        return result
+
+    def share_cudnn_buffer(self) -> None:
+        """On CUDA, make the kernel's parameters views of one buffer in cuDNN's layout, as
+        nn.LSTM.flatten_parameters does: the parameters keep their identity (an optimizer holds the
+        same ones), and cuDNN takes them without a copy. Elsewhere nothing changes."""
+        cell = self.layers[0]
+        if cell.kernel is None or cell.cudnn_mode is None or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        weights = cell.kernel_weights(self.layers)
+        dtype = weights[0].dtype
+        if not all(w.is_cuda and w.dtype == dtype and torch.backends.cudnn.is_acceptable(w) for w in weights):
+            return
+        with torch.no_grad(), torch.cuda.device_of(weights[0]):
+            torch._cudnn_rnn_flatten_weight(weights, 4, self.vocab_size, cudnn_rnn.get_cudnn_mode(cell.cudnn_mode),
+                                            self.rnn_size, 0, self.num_layers, False, False)
+
+    def swapped_rows(self) -> list[bool]:
+        """For each of self.parameters() (the order of an optimizer's state), whether its rows are
+        kept in another order than state_dict() gives: the LSTM's gates, which model.lstm.swap_gates
+        turns from either order into the other."""
+        swapped = {id(p) for module in self.modules() if isinstance(module, GateLinear) for p in module.parameters()}
+        return [id(p) in swapped for p in self.parameters()]
 
     def shape(self) -> dict:
         return {"model_type": self.model_type, "vocab_size": self.vocab_size, "rnn_size": self.rnn_size,
@@ -149,7 +182,7 @@ class CharRNN(nn.Module):
 
     def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:
         """PyTorch's fused multi-layer kernel on layers first.., time-major."""
-        cell = self.layers[0]  # all layers share the cell's kernel and kernel_weights
+        cell = self.layers[0]  # all layers share the cell's kernel
         assert cell.kernel is not None, "_run takes the kernel path only for a cell that has a kernel"
         layers = self.layers[first:]
         # cuDNN takes no strided state ("rnn: hx is not contiguous"), such as a process's rows of a

@@ -37,11 +37,13 @@ class Layer(nn.Module, abc.ABC):
         the layer over a whole time-major sequence, x (T, B) token ids (the input is their one-hot)
         or (T, B, input_size); outputs are the h of every step (T, B, hidden_size). The same numbers
         as `step` in a loop, computed by a hand-written autograd Function.
-    kernel, kernel_on_cpu
+    kernel, kernel_on_cpu, cudnn_mode
         the cell's fused multi-layer PyTorch function (see Kernel), or None where PyTorch has none of
-        the same equations; and whether CharRNN uses it on the CPU as well as on GPUs.
+        the same equations; whether CharRNN uses it on the CPU as well as on GPUs; and the kernel's
+        name for cuDNN ("LSTM", "RNN_TANH"), which lays out the weights of a stack in one buffer.
     kernel_weights(layers)
-        the kernel's `params` for a stack of layers of this cell (used only where kernel is not None).
+        the kernel's `params` for a stack of layers of this cell: the parameters themselves, in the
+        kernel's layout (used only where kernel is not None).
     input_product(x)
         shared by the cells' `sequence`: i2h's product without the bias for a whole sequence.
     """
@@ -49,6 +51,7 @@ class Layer(nn.Module, abc.ABC):
     state_names: ClassVar[tuple[str, ...]]
     kernel: Kernel | None = None
     kernel_on_cpu: ClassVar[bool] = False
+    cudnn_mode: ClassVar[str | None] = None
     i2h: nn.Linear
     h2h: nn.Linear
 
@@ -69,12 +72,10 @@ class Layer(nn.Module, abc.ABC):
     def sequence(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         ...
 
-    @classmethod
-    def kernel_weights(cls, layers: Iterable["Layer"]) -> list[torch.Tensor]:
-        """Four tensors per layer, weight_ih, weight_hh, bias_ih, bias_hh, in the kernel's gate order,
-        gradients flowing back to the parameters: here i2h's and h2h's as they are, for a cell whose
-        gate order is the kernel's. A class method over the whole stack, so that a cell whose order
-        differs (the LSTM) permutes all layers in one autograd node."""
+    @staticmethod
+    def kernel_weights(layers: Iterable["Layer"]) -> list[torch.Tensor]:
+        """Four parameters per layer, weight_ih, weight_hh, bias_ih, bias_hh: i2h's and h2h's, which
+        every cell with a kernel keeps in the kernel's gate order."""
         return [w for layer in layers for w in (layer.i2h.weight, layer.h2h.weight, layer.i2h.bias, layer.h2h.bias)]
 
     def input_product(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,15 @@
-"""char-rnn's LSTM layer: one fused product for the four gates, in the order i, f, o, g.
+"""char-rnn's LSTM layer: one fused product for the four gates.
 
     gates = i2h(x) + h2h(h)
-    i, f, o = sigmoid(gates[0:3H]);  g = tanh(gates[3H:4H])
+    i, f, o = sigmoid(gates[i, f, o rows]);  g = tanh(gates[g rows])
     c' = f * c + i * g
     h' = o * tanh(c')
+
+char-rnn orders the gates' rows i, f, o, g; PyTorch's kernels (oneDNN, cuDNN) order them i, f, g, o.
+The parameters are kept in the kernels' order (GateLinear), so that the kernel takes them as they
+are, with no copy at each call; state_dict() gives and load_state_dict() takes char-rnn's order.
 """
 import functools
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -24,34 +27,35 @@ def gate_swap(rows: int, device: torch.device) -> torch.Tensor:
     return torch.cat([index[:2 * block], index[3 * block:], index[2 * block:3 * block]])
 
 
-class KernelOrder(torch.autograd.Function):
-    """4H-row tensors from char-rnn's gate order i, f, o, g to the kernels' i, f, g, o, in one
-    autograd node: one index_select of rows per tensor. The permutation is its own inverse, so the
-    backward applies it to the gradients. (Built-in index_selects would cost a node each and a zero
-    tensor plus a scatter-add each in the backward; copying all tensors into one buffer and handing
-    the kernel views of it was slower; the figures are in bench/README.md, Model paths.)"""
-
-    @staticmethod
-    def forward(ctx: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.orders = [gate_swap(t.shape[0], t.device) for t in tensors]
-        return tuple(t.index_select(0, order) for t, order in zip(tensors, ctx.orders, strict=True))
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        return tuple(None if g is None else g.index_select(0, order)
-                     for g, order in zip(grads, ctx.orders, strict=True))
+def swap_gates(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4H-row tensor from one gate order to the other (char-rnn's i, f, o, g and the kernels' i, f,
+    g, o): the swap is its own inverse."""
+    return tensor.index_select(0, gate_swap(tensor.shape[0], tensor.device))
 
 
-def kernel_order(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The tensors in the kernels' gate order, gradients flowing back to them."""
-    return list(KernelOrder.apply(*tensors))
+class GateLinear(nn.Linear):
+    """An nn.Linear of the four gates' rows, stored in the kernels' order i, f, g, o, so that the
+    fused kernel (and cuDNN's one weight buffer) takes the parameters as they are; its state_dict
+    gives and takes char-rnn's order i, f, o, g, the order of checkpoints and Torch7 files."""
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("weight", "bias"):
+            destination[prefix + name] = swap_gates(destination[prefix + name])
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        for name in ("weight", "bias"):  # a tensor of another size is left for the usual size error
+            given = state_dict.get(prefix + name)
+            if isinstance(given, torch.Tensor) and given.dim() > 0 and given.shape[0] == self.out_features:
+                state_dict[prefix + name] = swap_gates(given)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class LSTMSequence(torch.autograd.Function):
     """The recurrence of one layer over a whole sequence, time-major, with a hand-written backward.
 
     pre (T, B, 4H) holds the input products without bias, bias (4H) both biases, w_hh (4H, H) is
-    h2h's weight, all in char-rnn's gate order i, f, o, g. Returns the outputs h_1..h_T (T, B, H)
+    h2h's weight, all in the kernels' gate order i, f, g, o. Returns the outputs h_1..h_T (T, B, H)
     and the final h and c. The forward makes 7 calls per step (autograd would record about 15
     nodes), the backward 6; the derivative factors that do not depend on the recurrence are
     computed for all steps at once, and the weight gradient is one product over all T*B rows."""
@@ -61,30 +65,33 @@ class LSTMSequence(torch.autograd.Function):
                 c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, B, G = pre.shape
         H = G // 4
-        gates = torch.add(pre, bias, out=pre.new_empty(T, B, G))  # becomes the activated gates
-        hs, cs, tcs = pre.new_empty(T + 1, B, H), pre.new_empty(T + 1, B, H), pre.new_empty(T, B, H)
+        # becomes the activated gates; the g rows' tanh goes to cands first, so that one sigmoid
+        # call takes all rows (the g rows' sigmoid is not used)
+        gates = torch.add(pre, bias, out=pre.new_empty(T, B, G))
+        hs, cs, tcs, cands = (pre.new_empty(T + 1, B, H), pre.new_empty(T + 1, B, H), pre.new_empty(T, B, H),
+                              pre.new_empty(T, B, H))
         hs[0], cs[0] = h0, c0
         w_t = w_hh.t()
-        g_t, h_t, c_t, tc_t = gates.unbind(0), hs.unbind(0), cs.unbind(0), tcs.unbind(0)
-        ifo_t, i_t, f_t, o_t, cand_t = (part.unbind(0) for part in (gates[:, :, :3 * H], *gates.split(H, dim=2)))
+        g_t, h_t, c_t, tc_t, cand_t = gates.unbind(0), hs.unbind(0), cs.unbind(0), tcs.unbind(0), cands.unbind(0)
+        i_t, f_t, g_rows_t, o_t = (part.unbind(0) for part in gates.split(H, dim=2))
         for t in range(T):
             g_t[t].addmm_(h_t[t], w_t)
-            ifo_t[t].sigmoid_()
-            cand_t[t].tanh_()
+            torch.tanh(g_rows_t[t], out=cand_t[t])
+            g_t[t].sigmoid_()
             torch.mul(f_t[t], c_t[t], out=c_t[t + 1]).addcmul_(i_t[t], cand_t[t])
             torch.tanh(c_t[t + 1], out=tc_t[t])
             torch.mul(o_t[t], tc_t[t], out=h_t[t + 1])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w_hh, gates, hs, cs, tcs)
+        ctx.save_for_backward(w_hh, gates, cands, hs, cs, tcs)
         return hs[1:], hs[T], cs[T]
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor | None, d_hT: torch.Tensor | None,
                  d_cT: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        w_hh, gates, hs, cs, tcs = ctx.saved_tensors
+        w_hh, gates, g, hs, cs, tcs = ctx.saved_tensors
         T, B, G = gates.shape
         H = G // 4
-        i, f, o, g = gates.split(H, dim=2)
+        i, f, _, o = gates.split(H, dim=2)
         # the factors of the gate derivatives, for all steps at once:
         #   dc_t = dc_{t+1} * f_{t+1} + dh_t * A;  d(i, f)_pre = dc_t * P_if;  d g_pre = dc_t * P_g;
         #   d o_pre = dh_t * Q
@@ -96,7 +103,7 @@ class LSTMSequence(torch.autograd.Function):
         Q = torch.rsub(o, 1).mul_(o).mul_(tcs)
         d_gates = torch.empty_like(gates)
         d_if_t = d_gates[:, :, :2 * H].view(T, B, 2, H).unbind(0)
-        d_o_t, d_g_t, d_all_t = d_gates[:, :, 2 * H:3 * H].unbind(0), d_gates[:, :, 3 * H:].unbind(0), d_gates.unbind(0)
+        d_g_t, d_o_t, d_all_t = d_gates[:, :, 2 * H:3 * H].unbind(0), d_gates[:, :, 3 * H:].unbind(0), d_gates.unbind(0)
         A_t, P_if_t, P_g_t, Q_t, f_t = A.unbind(0), P_if.unbind(0), P_g.unbind(0), Q.unbind(0), f.unbind(0)
         d_out_t, dh = last_step_gradient(d_out, d_hT, hs)
         dc = d_cT
@@ -121,32 +128,32 @@ class LSTMLayer(Layer):
     kernel = staticmethod(torch.lstm)  # PyTorch's fused LSTM (oneDNN on CPU, cuDNN on CUDA)
     kernel_on_cpu = True
 
+    cudnn_mode = "LSTM"
+
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size)
-        self.i2h = nn.Linear(input_size, 4 * hidden_size)
-        self.h2h = nn.Linear(hidden_size, 4 * hidden_size)
+        self.i2h = GateLinear(input_size, 4 * hidden_size)
+        self.h2h = GateLinear(hidden_size, 4 * hidden_size)
 
     def initialize(self) -> None:
         super().initialize()
-        with torch.no_grad():  # remember more at the start of training, as char-rnn does
-            self.i2h.bias[self.hidden_size:2 * self.hidden_size] = 1.0
+        with torch.no_grad():
+            # drawn in char-rnn's gate order, so that a seed gives the weights it gave when they were
+            # kept in that order
+            for p in (self.i2h.weight, self.i2h.bias, self.h2h.weight, self.h2h.bias):
+                p.copy_(swap_gates(p))
+            self.i2h.bias[self.hidden_size:2 * self.hidden_size] = 1.0  # remember more at first, as char-rnn does
 
     def step(self, input_gates: torch.Tensor, state: LayerState) -> LayerState:
         """One time step; input_gates is i2h(x), computed beforehand for all steps at once."""
         h, c = state
         H = self.hidden_size
         gates = input_gates + self.h2h(h)
-        i, f, o = torch.sigmoid(gates[:, :3 * H]).chunk(3, dim=1)
-        g = torch.tanh(gates[:, 3 * H:])
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)  # one call for the three gates; the g rows' is not used
+        g = torch.tanh(gates[:, 2 * H:3 * H])
         c = f * c + i * g
         h = o * torch.tanh(c)
         return h, c
-
-    @classmethod
-    def kernel_weights(cls, layers: Iterable[Layer]) -> list[torch.Tensor]:
-        """Permuted from char-rnn's gate order to the kernel's, all layers in one autograd node (one
-        call less per layer each way)."""
-        return kernel_order(super().kernel_weights(layers))
 
     def sequence(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """The layer over a whole sequence: x (T, B) token ids (the input is their one-hot) or

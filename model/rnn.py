@@ -55,6 +55,7 @@ class RNNLayer(Layer):
     # time recording autograd nodes, and RNNSequence trains faster there, so the kernel is used on
     # GPUs only. Measured with bench/train_speed.py; figures in bench/README.md (Model paths).
     kernel_on_cpu = False
+    cudnn_mode = "RNN_TANH"
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__(input_size, hidden_size)

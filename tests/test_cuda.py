@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -248,6 +249,25 @@ class PathsOnCuda(unittest.TestCase):
                 second, _ = model(x.to(self.device), on(self.device, state))
                 assert torch.isfinite(first).all() and not torch.equal(first, second)
                 assert all(part.is_contiguous() for part in carried)
+
+    def test_the_kernels_weights_are_one_cudnn_buffer_taken_without_a_copy(self):
+        """CharRNN.share_cudnn_buffer: after .to(cuda) the kernel's parameters are views of one
+        storage, kept through an optimizer step and a state_dict loaded into place, and cuDNN
+        warns of no "not part of single contiguous chunk of memory" (its copy at every call)."""
+        for cell in ("lstm", "rnn"):
+            with self.subTest(cell=cell):
+                model = random_model(cell, 65, 3).to(self.device).train()
+                optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+                for round_ in range(2):
+                    weights = type(model.layers[0]).kernel_weights(model.layers)
+                    assert len({w.untyped_storage().data_ptr() for w in weights}) == 1, round_
+                    x, state = inputs(model)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")  # a warning fails the test
+                        logits, _ = model(x.to(self.device), on(self.device, state))
+                        logits.sum().backward()
+                    optimizer.step()
+                    model.load_state_dict(random_model(cell, 65, 3).state_dict())
 
     def test_generation_with_1_and_64_streams(self):
         for vocab in VOCABS:

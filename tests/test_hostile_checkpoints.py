@@ -70,7 +70,7 @@ def tiny_checkpoint(model_type: str = "lstm") -> dict:
                gpuid=-1, threads=1, max_epochs=0.1, print_every=1000)
     progress = Progress(3, [3.0, 2.9, 2.8], [[3, 2.7]], 3.0, 0.1)
     hidden = tuple(torch.rand_like(part) for part in model.zero_state(BATCH))
-    training = training_state(optimizer, 3, hidden, torch.device("cpu"), progress)
+    training = training_state(model, optimizer, 3, hidden, torch.device("cpu"), progress)
     return build_checkpoint(model, vocab, opt, {"data_source": "data_dir"}, progress, 57, 2.7, training)
 
 

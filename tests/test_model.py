@@ -98,21 +98,24 @@ def test_initialisation_uniform_and_lstm_forget_bias(cell):
 
 # ---- one step against the equations of docs/behaviour.md §3 ----------------------------------------------------
 
-def linear(layer, x):
-    return x @ layer.weight.detach().double().t() + layer.bias.detach().double()
-
-
 def hand_step(model, token_ids, state):
-    """One time step of the model written out from docs/behaviour.md §3, in float64."""
+    """One time step of the model written out from docs/behaviour.md §3, in float64, from its
+    state_dict: the weights as checkpoints hold them, LSTM gates in char-rnn's order i, f, o, g."""
+    weights = {name: value.double() for name, value in model.state_dict().items()}
+
+    def linear(name, x):
+        return x @ weights[name + ".weight"].t() + weights[name + ".bias"]
+
     H = model.rnn_size
     x = F.one_hot(token_ids, model.vocab_size).double()
     state = [part.double() for part in state]
     new_state = [[] for _ in state]
-    for n, layer in enumerate(model.layers):
+    for n in range(model.num_layers):
+        layer = f"layers.{n}."
         h = state[0][n]
         if model.model_type == "lstm":
             c = state[1][n]
-            a = linear(layer.i2h, x) + linear(layer.h2h, h)
+            a = linear(layer + "i2h", x) + linear(layer + "h2h", h)
             i = torch.sigmoid(a[:, 0:H])
             f = torch.sigmoid(a[:, H:2 * H])
             o = torch.sigmoid(a[:, 2 * H:3 * H])
@@ -121,17 +124,17 @@ def hand_step(model, token_ids, state):
             h_new = o * torch.tanh(c_new)
             new_state[1].append(c_new)
         elif model.model_type == "gru":
-            ax = linear(layer.i2h, x)  # rows z, r, candidate
-            ah = linear(layer.h2h, h)  # rows z, r
+            ax = linear(layer + "i2h", x)  # rows z, r, candidate
+            ah = linear(layer + "h2h", h)  # rows z, r
             z = torch.sigmoid(ax[:, 0:H] + ah[:, 0:H])
             r = torch.sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
-            candidate = torch.tanh(ax[:, 2 * H:3 * H] + linear(layer.h2h_candidate, r * h))
+            candidate = torch.tanh(ax[:, 2 * H:3 * H] + linear(layer + "h2h_candidate", r * h))
             h_new = z * candidate + (1 - z) * h
         else:
-            h_new = torch.tanh(linear(layer.i2h, x) + linear(layer.h2h, h))
+            h_new = torch.tanh(linear(layer + "i2h", x) + linear(layer + "h2h", h))
         new_state[0].append(h_new)
         x = h_new
-    log_probs = torch.log_softmax(linear(model.decoder, x), dim=1)
+    log_probs = torch.log_softmax(linear("decoder", x), dim=1)
     return log_probs, tuple(torch.stack(parts) for parts in new_state)
 
 
@@ -379,9 +382,34 @@ def test_sequence_backward_is_the_derivative(cell):
     assert torch.autograd.gradcheck(function.apply, inputs)
 
 
+def test_lstm_keeps_the_kernels_gate_order_and_its_state_dict_char_rnns():
+    """The parameters hold the gates as the kernels order them (i, f, g, o); state_dict() gives
+    and load_state_dict() takes char-rnn's i, f, o, g (checkpoints, Torch7 files), and the kernel
+    is handed the parameters themselves, with no copy in between."""
+    model = make_model("lstm", 11, 4, 2)
+    saved = model.state_dict()
+    for n, layer in enumerate(model.layers):
+        for linear_name in ("i2h", "h2h"):
+            for part in ("weight", "bias"):
+                kept = getattr(getattr(layer, linear_name), part).detach()
+                given = saved[f"layers.{n}.{linear_name}.{part}"]
+                assert torch.equal(given[:8], kept[:8])  # i, f
+                assert torch.equal(given[8:12], kept[12:16]) and torch.equal(given[12:16], kept[8:12])  # o, g
+    other = CharRNN("lstm", 11, 4, 2)
+    other.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(other.parameters(), model.parameters(), strict=True))
+    assert model.swapped_rows() == [not name.startswith("decoder") for name, _ in model.named_parameters()]
+    spy = KernelSpy(torch.lstm)
+    handed = []
+    model.layers[0].kernel = lambda *args, **options: handed.extend(args[2]) or spy(*args, **options)
+    model(tokens(11, 2, 3), random_state(model, 2))
+    assert [id(w) for w in handed] == [id(w) for layer in model.layers
+                                       for w in (layer.i2h.weight, layer.h2h.weight, layer.i2h.bias, layer.h2h.bias)]
+
+
 def test_kernel_weights_follow_the_parameters():
-    """The LSTM kernel path permutes its parameters' gate blocks on every call: it must follow
-    in-place updates (the optimizer's), parameters replaced and state loaded into place."""
+    """The kernel path hands the kernel its parameters on every call: it must follow in-place
+    updates (the optimizer's), parameters replaced and state loaded into place."""
     model = make_model("lstm", 11, 8, 2).eval()
     state = random_state(model, 3)
     x = tokens(11, 3, 5)

@@ -29,11 +29,13 @@ import pytest
 import torch
 
 from conftest import assert_user_error, run_script
+from model import CharRNN
 from runner import Runs, ok
 from util import checkpoint as checkpoint_module
-from util.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from util.data import load_data_dir
+from util.checkpoint import FORMAT, load_checkpoint, restore_training, save_checkpoint, training_state
+from util.data import BatchLoader, load_data_dir, stream_split
 from util.errors import UserError
+from util.training import Progress, rmsprop
 from watched import Watched, start_script
 
 
@@ -322,6 +324,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
 
 # ---- resume equality ------------------------------------------------------------------------------
+
+def test_a_checkpoints_optimizer_state_has_its_weights_layout():
+    """RMSprop's per-parameter state is saved in the state_dict's order (LSTM gates i, f, o, g, as
+    checkpoints of every version hold them), whatever order the model keeps, and restored into it."""
+    torch.manual_seed(0)
+    model = CharRNN("lstm", 7, 4, 2)
+    model.initialize()
+    optimizer = rmsprop(list(model.parameters()), 1e-3, 0.95)
+    for p in model.parameters():
+        optimizer.state[p] = {"step": torch.tensor(3.0), "square_avg": p.detach().clone()}
+    progress = Progress(1, [2.0], [], 2.0, 0.0)
+    training = training_state(model, optimizer, 0, model.zero_state(2), torch.device("cpu"), progress)
+    weights = list(model.state_dict().values())
+    for index, values in training["optimizer"]["state"].items():
+        assert torch.equal(values["square_avg"], weights[index]) and values["step"] == 3.0
+    fresh = rmsprop(list(model.parameters()), 1e-3, 0.95)
+    splits = {name: stream_split(torch.arange(7).repeat(20).numpy(), 2, 3) for name in ("train", "val", "test")}
+    checkpoint = {"resume": training, "iteration": 1, "train_losses": [2.0], "val_losses": []}
+    restore_training(checkpoint, "x.pt", model, fresh, BatchLoader(splits, 2, 3), torch.device("cpu"), None)
+    for p in model.parameters():
+        assert torch.equal(fresh.state[p]["square_avg"], p.detach())
+
 
 def test_max_epochs_then_resume_in_place_equals_one_run(runs):
     """N iterations (-max_epochs 1), then -resume with -max_epochs 2 in the same folder: every

@@ -17,9 +17,9 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so th
     val_losses    [[iteration, loss], ...], one per validation
     val_loss      this checkpoint's validation loss, or None (no val split, or saved on a signal)
     resume        what -resume needs besides the weights (absent from a Torch7 file's conversion):
-                  {optimizer: RMSprop's state_dict, learning_rate, loader_position (the next
-                  training batch), hidden (the carried state, one tensor per state part),
-                  rng, cuda_rng (None off CUDA), loss0, seconds}
+                  {optimizer: RMSprop's state_dict (LSTM gates in state_dict's order), learning_rate,
+                  loader_position (the next training batch), hidden (the carried state, one tensor
+                  per state part), rng, cuda_rng (None off CUDA), loss0, seconds}
 
 Checkpoints written before `run` existed kept data_source in opt; they load and resume alike.
 Torch7 char-rnn checkpoints (.t7) are converted through util.torch7 into the same layout.
@@ -65,6 +65,7 @@ from typing import TypeGuard
 import torch
 
 from model import LAYERS, CharRNN, State
+from model.lstm import swap_gates
 from util.data import BatchLoader
 from util.errors import UserError
 from util.files import open_regular, replaced_atomically
@@ -214,17 +215,30 @@ def build_checkpoint(model: CharRNN, vocab: Vocab, opt: dict, run: dict, progres
     }
 
 
-def training_state(optimizer: torch.optim.Optimizer, loader_position: int, hidden: State,
+def training_state(model: CharRNN, optimizer: torch.optim.Optimizer, loader_position: int, hidden: State,
                    device: torch.device, progress: Progress) -> dict:
     """The resume section: optimizer, data position, carried state and random-number state."""
-    return {"optimizer": to_cpu(optimizer.state_dict()), "learning_rate": optimizer.param_groups[0]["lr"],
+    kept = optimizer.state_dict()
+    saved = {"state": in_other_gate_order(kept["state"], model), "param_groups": kept["param_groups"]}
+    return {"optimizer": to_cpu(saved), "learning_rate": optimizer.param_groups[0]["lr"],
             "loader_position": loader_position, "hidden": to_cpu(hidden), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "loss0": progress.loss0, "seconds": progress.seconds}
 
 
-def restore_training(checkpoint: dict, path: str, optimizer: torch.optim.Optimizer, loader: BatchLoader,
-                     device: torch.device, learning_rate: float | None) -> tuple[Progress, State]:
+def in_other_gate_order(per_parameter: dict, model: CharRNN) -> dict:
+    """An optimizer's per-parameter state ({index: {name: value}}) with the LSTM's gate rows turned
+    from the parameters' order to state_dict()'s, or back (CharRNN.swapped_rows): a checkpoint keeps
+    the optimizer's state in the order of its weights, char-rnn's, whatever the model's own."""
+    swapped = model.swapped_rows()
+    return {index: {name: swap_gates(value) if swapped[index] and isinstance(value, torch.Tensor) and value.dim()
+                    else value for name, value in values.items()}
+            for index, values in per_parameter.items()}
+
+
+def restore_training(checkpoint: dict, path: str, model: CharRNN, optimizer: torch.optim.Optimizer,
+                     loader: BatchLoader, device: torch.device,
+                     learning_rate: float | None) -> tuple[Progress, State]:
     """Put a -resume checkpoint's training state (require_training_state's) back: the optimizer's
     per-parameter state, with its learning rate (replaced when `learning_rate` is given), the
     loader's place and the random numbers. The optimizer's other settings stay the run's (rmsprop's,
@@ -233,7 +247,8 @@ def restore_training(checkpoint: dict, path: str, optimizer: torch.optim.Optimiz
     saved = checkpoint["resume"]
     check_loader_position(saved["loader_position"], checkpoint["iteration"], loader, path)
     settings = optimizer.state_dict()["param_groups"]  # the run's, parameters as indices
-    optimizer.load_state_dict({"state": saved["optimizer"]["state"], "param_groups": settings})
+    optimizer.load_state_dict({"state": in_other_gate_order(saved["optimizer"]["state"], model),
+                               "param_groups": settings})
     for group in optimizer.param_groups:
         group["lr"] = saved["learning_rate"] if learning_rate is None else learning_rate
     loader.position["train"] = saved["loader_position"]
