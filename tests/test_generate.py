@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.char_rnn import Stepper
 from test_sample import (  # one_thread: test_sample's module-wide fixture, which this module uses too
     ASCII_TOKENS,
     build_model,
@@ -15,10 +16,11 @@ from test_sample import (  # one_thread: test_sample's module-wide fixture, whic
     one_thread,  # noqa: F401
     trained_ascii_checkpoint,
 )
+from util import generate
 from util.charmodel import CharModel, held_back
 from util.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from util.errors import UserError
-from util.generate import Sampling, beam_search, filtered_probabilities
+from util.generate import Sampling, beam_search, filtered_probabilities, sample_steps, stream_generators
 
 PRIME = "Speak"
 
@@ -167,6 +169,35 @@ def test_closing_a_stream_stops_the_generation(model, monkeypatch):
         pass
     stream.close()
     assert len(steps) < 20
+
+
+def test_characters_read_back_a_window_at_a_time_are_the_ones_read_one_at_a_time(model, monkeypatch):
+    """On a GPU generation reads its characters back READBACK_WINDOW steps at once (util.generate);
+    forced here on the CPU with a window of 7, which divides none of the lengths: the same texts,
+    stop texts and streams; a closed stream has computed at most a window more."""
+    whole = model.generate(PRIME, 300, seed=6)[0]
+    stop = whole[100:103]
+
+    def texts():
+        return (model.generate(PRIME, 203, num_samples=3, seed=5),
+                model.generate(PRIME, 400, num_samples=3, seed=2, stop="\n"),
+                list(model.stream(PRIME, 300, seed=6, stop=stop)), model.generate(PRIME, 50, temperature=0.01, seed=3))
+
+    one_at_a_time = texts()
+    generators = stream_generators([3, 4], torch.device("cpu"), 0)
+    single = list(sample_steps(model.model, [1, 2], 50, Sampling(0.8), generators, window=1))
+    monkeypatch.setattr(generate, "readback_window", lambda device: 7)
+    assert texts() == one_at_a_time
+    generators = stream_generators([3, 4], torch.device("cpu"), 0)
+    assert list(sample_steps(model.model, [1, 2], 50, Sampling(0.8), generators)) == single
+    steps = []
+    real_step = Stepper.step
+    monkeypatch.setattr(Stepper, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
+    stream = model.stream("", 100000, seed=1)
+    for _ in itertools.islice(stream, 10):
+        pass
+    stream.close()
+    assert 10 <= len(steps) < 10 + 7
 
 
 # ---- beam search -------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ exponential noise q. That is the same number multinomial gives for the same rand
 its checks (a synchronising .item() per character), and it lets every stream draw its noise from its
 own generator, a block of steps at a time.
 
+On a GPU the characters are read back READBACK_WINDOW steps at a time (util.training.readback_window):
+each read waits for every kernel queued, and a step of char-rnn's sizes is mostly launches, so a
+read per character would leave the GPU idle while the host queues the next step. The characters are
+the same; a consumer that stops early has had up to a window of steps computed in vain.
+
 Beam search keeps the `beam_size` most probable continuations at every step.
 """
 from collections.abc import Iterator
@@ -18,6 +23,7 @@ import torch
 
 from model import CharRNN
 from model.char_rnn import Stepper
+from util.training import readback_window
 
 DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer when the block would be large)
 DRAW_BLOCK_FLOATS = 1 << 22
@@ -86,21 +92,27 @@ def stream_generators(seeds: list[int], device: torch.device, skip: int) -> list
 
 
 def sample_steps(model: CharRNN, prime: list[int], length: int, sampling: Sampling,
-                 generators: list[torch.Generator]) -> Iterator[list[int]]:
+                 generators: list[torch.Generator], window: int | None = None) -> Iterator[list[int]]:
     """The characters of len(generators) streams after `prime` (ids), one step at a time: each step's
     list holds one id per stream. Stream k draws from generators[k]. The model must be in eval mode;
-    nothing of its training state is touched. Stop iterating to stop generating."""
+    nothing of its training state is touched. Stop iterating to stop generating. The steps are read
+    back from the device `window` at a time (the device's readback_window unless given)."""
     streams, device = len(generators), model.decoder.weight.device
+    window = readback_window(device) if window is None else window
     with torch.inference_mode():
         stepper = Stepper(model)
         logits, state = primed(stepper, prime, streams, device)
         noise = Noise(generators, model.vocab_size, length, device) if sampling.sample else None
+        unread: list[torch.Tensor] = []
         for n in range(length):
             if noise is None:
                 tokens = logits.argmax(dim=-1)
             else:
                 tokens = (filtered_probabilities(logits, sampling) / noise.next()).argmax(dim=-1)
-            yield tokens.tolist()
+            unread.append(tokens)
+            if len(unread) == window or n + 1 == length:
+                yield from torch.stack(unread).tolist()
+                unread.clear()
             if n + 1 < length:
                 logits, state = stepper.step(tokens, state)
 

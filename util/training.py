@@ -48,13 +48,14 @@ def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return grads / torch.stack([p.detach().norm() for p in params]).norm()
 
 
-READBACK_WINDOW = 16  # iterations a GPU runs ahead of the numbers printed for them
+READBACK_WINDOW = 16  # iterations (or generated characters) a GPU runs ahead of the numbers read for them
 
 
 def readback_window(device: torch.device) -> int:
-    """How many iterations train.py reads back at once. On a GPU each read waits for every queued
-    kernel, so the loss, the checks and the progress lines come READBACK_WINDOW iterations at a time
-    (and at every checkpoint). On the CPU a read costs nothing: each iteration as it ends, as in char-rnn."""
+    """How many iterations train.py reads back at once, and how many characters generation does
+    (util.generate). On a GPU each read waits for every queued kernel, so the loss, the checks and
+    the progress lines come READBACK_WINDOW iterations at a time (and at every checkpoint). On the
+    CPU a read costs nothing: each iteration as it ends, as in char-rnn."""
     return 1 if device.type == "cpu" else READBACK_WINDOW
 
 
