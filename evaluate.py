@@ -203,6 +203,7 @@ def evaluate_data_dir(model: CharRNN, vocab: Vocab, opt: SimpleNamespace, device
     for name, split in splits.items():  # only the chosen split has to hold a batch here
         split.wanted = name == opt.split
     loader = BatchLoader(splits, batch_size, seq_length)
+    loader.keep_on(device)
     loss = evaluate_split(model, loader, opt.split, device)
     assert loss is not None  # only a stop test ends a pass early, and none is given: SIGTERM raises
     return Result(loss, chosen.n_batches * batch_size * seq_length, f"split {opt.split} of {opt.data_dir}",

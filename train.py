@@ -283,6 +283,7 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     source = run_facts(resume)["data_source"] if resume else data_source(opt, given)
     start = resume or (load_checkpoint(opt.init_from) if opt.init_from else None)
     vocab, loader = load_training_data(opt, source, say, data_encoding(opt, given, start), opt.minibatch, opt.seed)
+    loader.keep_on(device)
     if source == "h5" and "encoding" in given and codec_key(opt.encoding) != codec_key(vocab.encoding):
         raise UserError(f"-encoding {opt.encoding} does not match {opt.input_json}, preprocessed as {vocab.encoding}; "
                         f"-encoding reads -data_dir's text (preprocess.py -encoding sets that of an HDF5/JSON pair)")

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from conftest import REPO
-from util import corpus
-from util.data import BatchLoader, char_rnn_splits, load_data_dir, read_h5_json, stream_split
+from util import corpus, data as util_data
+from util.data import BatchLoader, Tokens, char_rnn_splits, load_data_dir, read_h5_json, stream_split
 from util.errors import UserError
 
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
@@ -272,6 +272,48 @@ def test_char_rnn_splits_match_char_rnn(length, B, T, train_frac, val_frac):
                 bx, by = loader.next_batch(name)
                 assert bx.dtype == torch.long and bx.shape == (B, T)
                 assert bx.tolist() == x and by.tolist() == y
+
+
+@pytest.mark.parametrize("layout", ["char_rnn_bytes", "char_rnn_int32", "h5_one_based", "h5_int64"])
+def test_batches_cut_on_the_device_are_the_hosts(layout, monkeypatch):
+    """BatchLoader.keep_on: where the device holds the splits (forced here on the CPU, which never
+    does), every batch of every split, wrapped last target and 1-based HDF5 ids included, is the
+    one cut from the ids as stored; the ids are uploaded row by row in chunks of CHECK_TOKENS."""
+    rng = np.random.default_rng(7)
+    if layout.startswith("char_rnn"):
+        vocab = 65 if layout == "char_rnn_bytes" else 2583
+        ids = rng.integers(0, vocab, 1003).astype(np.uint8 if vocab <= 256 else np.int32)
+        splits = char_rnn_splits(ids, 3, 7, 0.8, 0.1)
+    else:
+        dtype = np.uint8 if layout == "h5_one_based" else np.int64
+        splits = {name: stream_split(Tokens(rng.integers(1, 66, n).astype(dtype), base=1), 3, 7)
+                  for name, n in (("train", 700), ("val", 90), ("test", 0))}
+    host = BatchLoader(splits, 3, 7)
+    monkeypatch.setattr(util_data, "CHECK_TOKENS", 10)
+    monkeypatch.setattr(util_data, "device_holds", lambda device, nbytes: True)
+    resident = BatchLoader(splits, 3, 7)
+    resident.keep_on(torch.device("cpu"))
+    assert set(resident.resident) == {name for name in splits if splits[name].n_batches}
+    assert resident.resident["train"].ids.dtype == (torch.uint8 if layout in ("char_rnn_bytes", "h5_one_based")
+                                                    else torch.int32)
+    for name in resident.resident:
+        for k in range(splits[name].n_batches):
+            for a, b in zip(resident.batch(name, k), host.batch(name, k), strict=True):
+                assert a.dtype == torch.long and a.is_contiguous() and torch.equal(a, b), (name, k)
+        for _ in range(splits[name].n_batches + 2):  # next_batch wraps round the same
+            assert all(torch.equal(a, b) for a, b in zip(resident.next_batch(name), host.next_batch(name), strict=True))
+
+
+def test_the_splits_stay_on_the_host_on_the_cpu_and_beyond_the_devices_share(monkeypatch):
+    splits = char_rnn_splits(np.zeros(1000, dtype=np.uint8), 2, 5, 0.9, 0.1)
+    loader = BatchLoader(splits, 2, 5)
+    loader.keep_on(torch.device("cpu"))
+    assert loader.resident == {}
+    assert util_data.resident_bytes(splits["train"]) == 2 * (90 * 5 + 1)
+    monkeypatch.setattr(util_data, "memory_bytes", lambda device: 8000)  # a share of 1,000 bytes
+    gpu = torch.device("cuda")
+    assert util_data.device_holds(gpu, 1000) and not util_data.device_holds(gpu, 1001)
+    assert not util_data.device_holds(torch.device("cpu"), 1)
 
 
 def test_char_rnn_wraps_last_target_and_val_is_row_tail():

@@ -2,7 +2,8 @@
 explosion checks, the progress lines and the log rows are read back READBACK_WINDOW iterations at
 a time instead of after every step. The CPU reads each iteration at once; here the window is forced
 on the CPU, in-process, and a run must print, log and save exactly what the same run with a window
-of one does, also when it aborts in the middle of a window.
+of one does, also when it aborts in the middle of a window. The same for the splits kept on the
+device (util.data.BatchLoader.keep_on), which a GPU does and the CPU never: forced here too.
 """
 import csv
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import data_folder
+from util import data as util_data
 from util.checkpoint import load_checkpoint
 
 import train
@@ -22,12 +24,14 @@ RUN = ["-data_dir", "data", "-rnn_size", "16", "-num_layers", "1", "-batch_size"
        "-gpuid", "-1", "-threads", "1", "-eval_val_every", "7", "-max_epochs", "1.5"]
 
 
-def run(folder: Path, window: int, monkeypatch, capsys, *args: str) -> tuple[int, list[str], list[list[str]]]:
-    """train.main in `folder` with the window forced: its status, its stdout with timings masked, and
-    its log without the seconds column."""
+def run(folder: Path, window: int, monkeypatch, capsys, *args: str,
+        resident: bool = False) -> tuple[int, list[str], list[list[str]]]:
+    """train.main in `folder` with the window forced (and the splits kept on the device where
+    `resident`): its status, its stdout with timings masked, and its log without the seconds column."""
     data_folder(folder / "data", TEXT)
     monkeypatch.chdir(folder)
     monkeypatch.setattr(train, "readback_window", lambda device: window)
+    monkeypatch.setattr(util_data, "device_holds", lambda device, nbytes: resident)
     capsys.readouterr()
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -69,3 +73,19 @@ def test_an_abort_inside_a_window_names_the_same_iteration_and_keeps_the_same_lo
     progress = [line.split()[0] for line in one[1] if "train_loss" in line]
     assert progress == ["1/88"] and "loss is exploding, aborting." in one[1]
     assert one[2] == five[2] and [row[0] for row in one[2]] == ["iteration", "1"]
+
+
+@pytest.mark.parametrize("args", [(), ("-minibatch", "random")], ids=["consecutive", "random"])
+def test_a_run_with_its_splits_on_the_device_is_the_same_run(tmp_path, monkeypatch, capsys, args):
+    """Training batches and validation cut from the resident layout (under -minibatch random only
+    validation's) give the same progress lines, log and checkpoints as those cut on the host."""
+    host = run(tmp_path / "host", 5, monkeypatch, capsys, *args)
+    device = run(tmp_path / "device", 5, monkeypatch, capsys, *args, resident=True)
+    assert host[0] == device[0] == 0
+    assert host[1] == device[1] and host[2] == device[2]
+    saved = sorted(p.name for p in (tmp_path / "host" / "cv").glob("*.pt"))
+    assert saved == sorted(p.name for p in (tmp_path / "device" / "cv").glob("*.pt")) and len(saved) > 3
+    for name in saved:
+        a, b = (load_checkpoint(str(tmp_path / folder / "cv" / name)) for folder in ("host", "device"))
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        assert a["val_losses"] == b["val_losses"] and a["val_losses"]

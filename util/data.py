@@ -8,11 +8,14 @@ Either way a split is batch_size rows of n_batches * seq_length inputs, each row
 tokens one on, and batch k is the k-th seq_length-wide column block of both.
 
 Nothing the size of a split is built: a batch is cut from the split's ids as stored when it is asked
-for (Split.cut). Training maps the HDF5 datasets from the file (np.memmap, map_h5_json) instead of
-reading them in, and takes the files' 1-based ids to 0-based one batch at a time, so its memory does
-not grow with the corpus. A chunked dataset (compressed, say), whose bytes are not the ids as they
-are, is read into memory instead. The pages of the map that batches have read count in the process's
-resident memory, but they are the file's page cache, which the kernel drops under memory pressure.
+for (Split.cut). On a GPU, whose memory holds them, the consecutive batches' layout of each split is
+copied there once instead (ResidentSplit, BatchLoader.keep_on): a batch is then a slice cut on the
+device, with no work on the host and no copy from it per batch. Training maps the HDF5 datasets
+from the file (np.memmap, map_h5_json) instead of reading them in, and takes the files' 1-based ids
+to 0-based one batch at a time, so its memory does not grow with the corpus. A chunked dataset
+(compressed, say), whose bytes are not the ids as they are, is read into memory instead. The pages
+of the map that batches have read count in the process's resident memory, but they are the file's
+page cache, which the kernel drops under memory pressure.
 
 Two schemes hand out the training batches (validation and test are always consecutive):
 - "consecutive" (the default; char-rnn's, and d2l's data_iter_consecutive): batch k of every epoch is
@@ -47,6 +50,7 @@ import numpy as np
 import torch
 
 from util.corpus import DecodeError, preprocess
+from util.device import memory_bytes
 from util.errors import UserError
 from util.files import regular_file
 from util.options import lua_number
@@ -62,6 +66,9 @@ CHECK_TOKENS = 1 << 22
 # text ids compress 3-5 times; deflate's own limit is about 1,000.
 MAX_EXPANSION = 100
 SMALL_VOCAB = 256  # a vocabulary this small passes check_vocab_size whatever the splits hold: a byte vocabulary's size
+# the share of a GPU's memory that the splits' ids may take there (BatchLoader.keep_on); the model,
+# its gradients, RMSprop's state and the activations need the rest
+RESIDENT_SHARE = 1 / 8
 Taken = TypeVar("Taken")  # what a reader of the splits makes of each dataset (read_splits)
 IdCheck = Callable[[np.ndarray], None]
 
@@ -420,6 +427,42 @@ class RandomBatches:
         return self.split.cut(self.origins[rows[k]] + starts[k], self.seq_length)
 
 
+class ResidentSplit:
+    """A split's consecutive layout on a device: its batch_size rows of width + 1 ids (inputs and the
+    last target), uploaded once, a row CHECK_TOKENS ids at a time (the host holds no more than that);
+    bytes, or int32 ids for a larger vocabulary. Batch k is the k-th column block, cut on the device."""
+
+    def __init__(self, split: Split, device: torch.device):
+        width = split.width + 1
+        self.ids = torch.empty(len(split.starts), width, dtype=resident_dtype(split), device=device)
+        for row, start in enumerate(split.starts.tolist()):
+            for first in range(0, width, CHECK_TOKENS):
+                chunk = split.at(start + np.arange(first, min(first + CHECK_TOKENS, width)))
+                self.ids[row, first:first + len(chunk)].copy_(torch.from_numpy(chunk.astype(np.int32)))
+
+    def batch(self, k: int, seq_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k as Split.cut gives it, (inputs, targets) long tensors on the device."""
+        window = self.ids[:, k * seq_length:(k + 1) * seq_length + 1]
+        return window[:, :-1].long(), window[:, 1:].long()
+
+
+def resident_dtype(split: Split) -> torch.dtype:
+    """Bytes for a split stored as bytes (0-based ids 0..255 either way), else int32."""
+    return torch.uint8 if split.tokens.stored.dtype.itemsize == 1 else torch.int32
+
+
+def resident_bytes(split: Split) -> int:
+    """What a split's ResidentSplit takes on the device."""
+    return len(split.starts) * (split.width + 1) * resident_dtype(split).itemsize
+
+
+def device_holds(device: torch.device, nbytes: int) -> bool:
+    """Whether `nbytes` of ids go onto `device` (RESIDENT_SHARE of its memory): never the CPU's,
+    where cutting each batch from the ids as stored keeps memory flat at any corpus size."""
+    memory = memory_bytes(device)
+    return device.type != "cpu" and memory is not None and nbytes <= memory * RESIDENT_SHARE
+
+
 class BatchLoader:
     """Hands out batches of each split in order, wrapping around; remembers where train is.
 
@@ -439,6 +482,14 @@ class BatchLoader:
                 raise UserError(f"the {name} split is too small for one batch of {batch_size} x {seq_length} "
                                 f"tokens; use a smaller -batch_size or -seq_length")
         self.random = RandomBatches(splits["train"], batch_size, seq_length, seed) if scheme == "random" else None
+        self.resident: dict[str, ResidentSplit] = {}
+
+    def keep_on(self, device: torch.device) -> None:
+        """Put the splits' consecutive layouts on `device` where it holds them all (device_holds):
+        batch() then cuts there. The random scheme's training batches are still cut on the host."""
+        laid_out = [name for name, split in self.splits.items() if split.n_batches > 0]
+        if device_holds(device, sum(resident_bytes(self.splits[name]) for name in laid_out)):
+            self.resident = {name: ResidentSplit(self.splits[name], device) for name in laid_out}
 
     def n_batches(self, split: str) -> int:
         """Batches per epoch: the scheme's for train, the layout's for the others."""
@@ -447,6 +498,9 @@ class BatchLoader:
         return self.splits[split].n_batches if split in self.splits else 0
 
     def batch(self, split: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k of the split's consecutive layout: on the device where it is resident, else on the CPU."""
+        if split in self.resident:
+            return self.resident[split].batch(k, self.seq_length)
         s = self.splits[split]
         return s.cut(s.starts + k * self.seq_length, self.seq_length)
 
