@@ -127,7 +127,6 @@ class LSTMLayer(Layer):
     state_names = ("h", "c")
     kernel = staticmethod(torch.lstm)  # PyTorch's fused LSTM (oneDNN on CPU, cuDNN on CUDA)
     kernel_on_cpu = True
-
     cudnn_mode = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int):

@@ -111,7 +111,7 @@ def sample_steps(model: CharRNN, prime: list[int], length: int, sampling: Sampli
                 tokens = (filtered_probabilities(logits, sampling) / noise.next()).argmax(dim=-1)
             unread.append(tokens)
             if len(unread) == window or n + 1 == length:
-                yield from torch.stack(unread).tolist()
+                yield from torch.stack(unread).tolist() if len(unread) > 1 else [tokens.tolist()]
                 unread.clear()
             if n + 1 < length:
                 logits, state = stepper.step(tokens, state)
