@@ -17,12 +17,13 @@ takes depends on the cell, the device and the vocabulary size V:
     gru   CPU        every layer as its `sequence`          every layer as its `sequence`
     gru   CUDA/MPS   every layer as its `sequence`          every layer as its `sequence`
     sampling (`step`, Stepper), every cell, device and V: each layer's `step`, one character at a time
+    on CUDA/MPS a model with dropout calls the kernel once per layer, self.dropout between (kernel_per_layer)
 
 kernel: the cell's fused multi-layer PyTorch function (Layer.kernel: torch.lstm, torch.rnn_tanh),
 one call for the layers named, taking the layers' parameters as they are (the LSTM keeps its gates
-in the kernels' order, model/lstm.py); on CUDA they live in one buffer laid out as cuDNN reads it
-(share_cudnn_buffer), so cuDNN neither copies them at each call nor warns that they are "not part
-of single contiguous chunk of memory". `sequence`: the layer's hand-written autograd Function over the
+in the kernels' order, model/lstm.py); on CUDA they live in one buffer per call, laid out as cuDNN
+reads it (share_cudnn_buffer), so cuDNN neither copies them at each call nor warns that they are
+"not part of single contiguous chunk of memory". `sequence`: the layer's hand-written autograd Function over the
 whole sequence; layer 1's takes the gathered columns of i2h for its one-hot product. GRU has no
 kernel (nn.GRU computes another candidate), torch.rnn_tanh is no fused kernel on the CPU
 (Layer.kernel_on_cpu), and on the CPU above KERNEL_ONE_HOT_LIMIT the one-hot product costs the
@@ -91,9 +92,14 @@ class CharRNN(nn.Module):
         dtype = weights[0].dtype
         if not all(w.is_cuda and w.dtype == dtype and torch.backends.cudnn.is_acceptable(w) for w in weights):
             return
+        mode = cudnn_rnn.get_cudnn_mode(cell.cudnn_mode)
+        calls = ([(n, n + 1) for n in range(self.num_layers)] if self.kernel_per_layer(weights[0].device)
+                 else [(0, self.num_layers)])  # the layers of each kernel call: one buffer per call
         with torch.no_grad(), torch.cuda.device_of(weights[0]):
-            torch._cudnn_rnn_flatten_weight(weights, 4, self.vocab_size, cudnn_rnn.get_cudnn_mode(cell.cudnn_mode),
-                                            self.rnn_size, 0, self.num_layers, False, False)
+            for first, end in calls:
+                input_size = self.vocab_size if first == 0 else self.rnn_size
+                torch._cudnn_rnn_flatten_weight(cell.kernel_weights(self.layers[first:end]), 4, input_size, mode,
+                                                self.rnn_size, 0, end - first, False, False)
 
     def swapped_rows(self) -> list[bool]:
         """For each of self.parameters() (the order of an optimizer's state), whether its rows are
@@ -181,18 +187,43 @@ class CharRNN(nn.Module):
         return layer_input, stack_layers(states)
 
     def _kernel(self, layer_input: torch.Tensor, state: State, first: int) -> tuple[torch.Tensor, State]:
-        """PyTorch's fused multi-layer kernel on layers first.., time-major."""
+        """PyTorch's fused kernel on layers first.., time-major: one call for them all, or one per
+        layer with self.dropout between where the kernel's own dropout would not come from torch's
+        generators (kernel_per_layer)."""
+        if not self.kernel_per_layer(layer_input.device):
+            return self._kernel_call(layer_input, state, first, self.num_layers)
+        states = []
+        for n in range(first, self.num_layers):
+            layer_input, layer_state = self._kernel_call(self.dropout(layer_input) if n > first else layer_input,
+                                                         state, n, n + 1)
+            states.append(layer_state)
+        return layer_input, tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+
+    def _kernel_call(self, layer_input: torch.Tensor, state: State, first: int,
+                     end: int) -> tuple[torch.Tensor, State]:
+        """One call of the kernel on layers first..end-1."""
         cell = self.layers[0]  # all layers share the cell's kernel
         assert cell.kernel is not None, "_run takes the kernel path only for a cell that has a kernel"
-        layers = self.layers[first:]
+        layers = self.layers[first:end]
         # cuDNN takes no strided state ("rnn: hx is not contiguous"), such as a process's rows of a
         # batch under torchrun; for a contiguous state this is the same tensor
-        hidden = tuple(part[first:].contiguous() for part in state)
+        hidden = tuple(part[first:end].contiguous() for part in state)
+        # the kernel's dropout acts between its layers only; for one layer none is asked for, so that
+        # cuDNN sets up no dropout state (which would draw its seed from torch's CPU generator)
+        dropout = self.dropout.p if len(layers) > 1 else 0.0
         with kernel_precision(layer_input.device):
             result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
-                                 has_biases=True, num_layers=len(layers), dropout=self.dropout.p, train=self.training,
+                                 has_biases=True, num_layers=len(layers), dropout=dropout, train=self.training,
                                  bidirectional=False, batch_first=False)
         return result[0], tuple(part.float() for part in result[1:])  # the state stays float32 under autocast
+
+    def kernel_per_layer(self, device: torch.device) -> bool:
+        """Whether the kernel runs one layer per call on `device`: off the CPU, for a model with
+        dropout. cuDNN draws its dropout masks from a random state of its own, seeded once in a
+        process, which no checkpoint holds (a resumed run would draw other masks); the CPU's kernel
+        draws them from torch's generator, as self.dropout does. In evaluation too, so that each
+        layer's weights keep the one cuDNN buffer of their own that share_cudnn_buffer lays out."""
+        return device.type != "cpu" and self.dropout.p > 0
 
 
 def one_hot_into_kernel(device: torch.device, vocab_size: int) -> bool:

@@ -251,23 +251,30 @@ class PathsOnCuda(unittest.TestCase):
                 assert all(part.is_contiguous() for part in carried)
 
     def test_the_kernels_weights_are_one_cudnn_buffer_taken_without_a_copy(self):
-        """CharRNN.share_cudnn_buffer: after .to(cuda) the kernel's parameters are views of one
-        storage, kept through an optimizer step and a state_dict loaded into place, and cuDNN
-        warns of no "not part of single contiguous chunk of memory" (its copy at every call)."""
+        """CharRNN.share_cudnn_buffer: after .to(cuda) the weights of each kernel call (all layers;
+        each layer alone for a model with dropout, kernel_per_layer) are views of one storage, kept
+        through an optimizer step and a state_dict loaded into place, and cuDNN warns of no "not
+        part of single contiguous chunk of memory" (its copy at every call), training or not."""
         for cell in ("lstm", "rnn"):
-            with self.subTest(cell=cell):
-                model = random_model(cell, 65, 3).to(self.device).train()
-                optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-                for round_ in range(2):
-                    weights = type(model.layers[0]).kernel_weights(model.layers)
-                    assert len({w.untyped_storage().data_ptr() for w in weights}) == 1, round_
-                    x, state = inputs(model)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("error")  # a warning fails the test
-                        logits, _ = model(x.to(self.device), on(self.device, state))
-                        logits.sum().backward()
-                    optimizer.step()
-                    model.load_state_dict(random_model(cell, 65, 3).state_dict())
+            for dropout in (0.0, 0.5):
+                with self.subTest(cell=cell, dropout=dropout):
+                    model = random_model(cell, 65, 3, dropout).to(self.device)
+                    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+                    kernel_weights = type(model.layers[0]).kernel_weights
+                    calls = [model.layers[n:n + 1] for n in range(3)] if dropout else [model.layers]
+                    for _ in range(2):
+                        storages = [{w.untyped_storage().data_ptr() for w in kernel_weights(layers)}
+                                    for layers in calls]
+                        assert all(len(one) == 1 for one in storages) and len(set.union(*storages)) == len(calls)
+                        x, state = inputs(model)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("error")  # a warning fails the test
+                            logits, _ = model.train()(x.to(self.device), on(self.device, state))
+                            logits.sum().backward()
+                            with torch.no_grad():
+                                model.eval()(x.to(self.device), on(self.device, state))
+                        optimizer.step()
+                        model.load_state_dict(random_model(cell, 65, 3, dropout).state_dict())
 
     def test_generation_with_1_and_64_streams(self):
         for vocab in VOCABS:
@@ -359,7 +366,7 @@ class ScriptsOnCuda(unittest.TestCase):
             (cls.folder / name / "input.txt").write_text(text, encoding="utf-8")
             load_data_dir(str(cls.folder / name), log=lambda _: None)  # once, before runs read it together
         one_gpu = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
-        cls.pool = ThreadPoolExecutor(max_workers=9)
+        cls.pool = ThreadPoolExecutor(max_workers=12)
         here = cls.folder
 
         def train(*args: str, env: dict[str, str] | None = None) -> Future:
@@ -372,10 +379,15 @@ class ScriptsOnCuda(unittest.TestCase):
                     "gpu3": train(*THREE, "-gpuid", "0", "-checkpoint_dir", "gpu3"),
                     "full": train(*LONGER, "-max_epochs", "2", "-gpuid", "0", "-checkpoint_dir", "full"),
                     "half": train(*LONGER, "-max_epochs", "1", "-gpuid", "0", "-checkpoint_dir", "half"),
+                    "full_dropout": train(*LONGER, "-max_epochs", "2", "-dropout", "0.3", "-gpuid", "0",
+                                          "-checkpoint_dir", "full_dropout"),
+                    "half_dropout": train(*LONGER, "-max_epochs", "1", "-dropout", "0.3", "-gpuid", "0",
+                                          "-checkpoint_dir", "half_dropout"),
                     "two": cls.pool.submit(torchrun, 2, *LONGER, "-max_epochs", "1", "-gpuid", "0",
                                            "-checkpoint_dir", "two", cwd=here, env=one_gpu)}
-        cls.runs["resumed"] = then(cls.runs["half"], "-resume", "half/lm_epoch1.pt", "-max_epochs", "2",
-                                   "-checkpoint_dir", "resumed")
+        for dropout in ("", "_dropout"):
+            cls.runs["resumed" + dropout] = then(cls.runs["half" + dropout], "-resume", f"half{dropout}/lm_epoch1.pt",
+                                                 "-max_epochs", "2", "-checkpoint_dir", "resumed" + dropout)
         sampled = ["gpu3/lm_epoch1.pt", "-length", "200", "-verbose", "0"]
         for name, args in (("sample_gpu", [*sampled, "-sample", "0", "-gpuid", "0"]),
                            ("sample_cpu", [*sampled, "-sample", "0", "-gpuid", "-1"]),
@@ -406,16 +418,19 @@ class ScriptsOnCuda(unittest.TestCase):
         assert gpu.stdout == cpu.stdout and len(gpu.stdout) >= 200  # the argmax, as on the CPU
         assert len(self.result("sample_drawn").stdout) >= 3 * 200  # three drawn samples
 
-    def test_resume_on_the_gpu_is_exact(self):
-        full, resumed, epoch = self.result("full"), self.result("resumed"), max(losses(self.result("half")))
-        after = {i: loss for i, loss in losses(full).items() if i > epoch}
-        assert len(after) == epoch and losses(resumed) == after
-        expected = torch.load(self.folder / "full" / "lm_epoch2.pt", weights_only=True)
-        actual = torch.load(self.folder / "resumed" / "lm_epoch2.pt", weights_only=True)
-        for name, weight in expected["state_dict"].items():
-            assert torch.equal(actual["state_dict"][name], weight), name
-        for a, b in zip(actual["resume"]["hidden"], expected["resume"]["hidden"], strict=True):
-            assert torch.equal(a, b)
+    def test_resume_on_the_gpu_is_exact_with_and_without_dropout(self):
+        for dropout in ("", "_dropout"):  # with dropout: kernel_per_layer's masks come from torch's generator
+            with self.subTest(dropout=bool(dropout)):
+                full, resumed = self.result("full" + dropout), self.result("resumed" + dropout)
+                epoch = max(losses(self.result("half" + dropout)))
+                after = {i: loss for i, loss in losses(full).items() if i > epoch}
+                assert len(after) == epoch and losses(resumed) == after
+                expected = torch.load(self.folder / ("full" + dropout) / "lm_epoch2.pt", weights_only=True)
+                actual = torch.load(self.folder / ("resumed" + dropout) / "lm_epoch2.pt", weights_only=True)
+                for name, weight in expected["state_dict"].items():
+                    assert torch.equal(actual["state_dict"][name], weight), name
+                for a, b in zip(actual["resume"]["hidden"], expected["resume"]["hidden"], strict=True):
+                    assert torch.equal(a, b)
 
     def test_two_processes_on_one_gpu_match_one(self):
         two, one = self.result("two"), self.result("half")

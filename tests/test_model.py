@@ -382,6 +382,42 @@ def test_sequence_backward_is_the_derivative(cell):
     assert torch.autograd.gradcheck(function.apply, inputs)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("vocab", ["small", "large"])
+def test_one_kernel_call_per_layer_draws_the_masks_the_kernel_draws(cell, vocab, monkeypatch):
+    """CharRNN.kernel_per_layer (a GPU, for a model with dropout; forced here on the CPU): the
+    kernel called once per layer with self.dropout between gives, from the same seed, the outputs,
+    state and gradients of the one call whose kernel draws the masks from torch's generator, and
+    evaluation too."""
+    assert not CharRNN(cell, 5, 4, 2, dropout=0.5).kernel_per_layer(torch.device("cpu"))
+    assert CharRNN(cell, 5, 4, 2, dropout=0.5).kernel_per_layer(torch.device("cuda"))
+    assert not CharRNN(cell, 5, 4, 2).kernel_per_layer(torch.device("cuda"))
+    V = vocab_size(vocab)
+    model = make_model(cell, V, 8, 3, dropout=0.5).train()
+    monkeypatch.setattr(type(model.layers[0]), "kernel_on_cpu", True)
+    spy = KernelSpy(model.layers[0].kernel)
+    model.layers[0].kernel = spy
+    state, x = random_state(model, 3), tokens(V, 3, 6)
+    first = 0 if char_rnn.one_hot_into_kernel(x.device, V) else 1  # else layer 1 runs as its `sequence`
+    results = {}
+    for per_layer in (False, True):
+        monkeypatch.setattr(CharRNN, "kernel_per_layer", lambda self, device, answer=per_layer: answer)
+        for mode in ("train", "eval"):
+            getattr(model, mode)()
+            spy.calls.clear()
+            torch.manual_seed(5)
+            results[per_layer, mode] = run_and_grad(model, model.forward, x, state)
+            assert [layers for _, layers in spy.calls] == ([1] * (3 - first) if per_layer else [3 - first])
+    for mode in ("train", "eval"):
+        (logits, final, grads), (ref_logits, ref_final, ref_grads) = results[True, mode], results[False, mode]
+        close(logits, ref_logits, mode)
+        for got, want in zip(final, ref_final, strict=True):
+            close(got, want, mode)
+        for name in grads:
+            close(grads[name], ref_grads[name], name, atol=GRAD_ATOL * max(1.0, ref_grads[name].abs().max().item()))
+    assert not torch.equal(results[True, "train"][0], results[True, "eval"][0])  # dropout acted
+
+
 def test_lstm_keeps_the_kernels_gate_order_and_its_state_dict_char_rnns():
     """The parameters hold the gates as the kernels order them (i, f, g, o); state_dict() gives
     and load_state_dict() takes char-rnn's i, f, o, g (checkpoints, Torch7 files), and the kernel
