@@ -31,7 +31,9 @@ kernel more than the gather costs the sequence. A GPU is launch-bound at char-rn
 the sequence's launches per time step (a few, forward and backward: about 700 a step at V 2,583)
 cost more than the kernel's one product of the one-hot, so the one-hot goes in at every V (a rule
 from the launch counts, not yet timed on a GPU). Under bfloat16 autocast the kernel runs in
-bfloat16, except on a CPU whose oneDNN has no bfloat16 LSTM (kernel_precision): there in float32.
+bfloat16 on a CPU whose oneDNN has a bfloat16 LSTM, else in float32 (kernel_precision), on GPUs
+always in float32: autocast would run cuDNN's RNNs in float16 (it casts them to float16 whatever
+its dtype), without the gradient scaler float16 needs.
 """
 import contextlib
 import functools
@@ -247,11 +249,12 @@ def parameter_count(model_type: str, vocab_size: int, rnn_size: int, num_layers:
 
 
 def kernel_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Where the fused kernel runs under autocast: as autocast says, except on a CPU whose oneDNN has
-    no bfloat16 LSTM (it needs AVX-512; elsewhere it raises "could not create a primitive
-    descriptor"), where the kernel runs in float32 and the rest of the model in bfloat16."""
-    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_lstm_takes_bfloat16():
-        return torch.autocast("cpu", enabled=False)
+    """Where the fused kernel runs under autocast: in float32, the rest of the model in bfloat16, on
+    a GPU (autocast would cast cuDNN's RNN to float16, with no gradient scaler; cuDNN has bfloat16
+    RNNs only from 9.13) and on a CPU whose oneDNN has no bfloat16 LSTM (it needs AVX-512; elsewhere
+    it raises "could not create a primitive descriptor"); as autocast says on other CPUs."""
+    if torch.is_autocast_enabled(device.type) and (device.type != "cpu" or not cpu_lstm_takes_bfloat16()):
+        return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
 

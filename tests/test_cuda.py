@@ -301,10 +301,19 @@ class PathsOnCuda(unittest.TestCase):
             for vocab in VOCABS:
                 with self.subTest(cell=cell, vocab=vocab):
                     model = random_model(cell, vocab, 2).to(self.device).train()
+                    autocast_in_kernel: list[bool] = []
+                    kernel = model.layers[0].kernel
+                    if kernel is not None:  # float32 there: autocast would run cuDNN's RNN in float16
+                        def spy(*args, seen=autocast_in_kernel, real=kernel, **options):
+                            seen.append(torch.is_autocast_enabled("cuda"))
+                            return real(*args, **options)
+
+                        model.layers[0].kernel = spy
                     x, state = inputs(model)
                     x, y = x.to(self.device), x.roll(1, dims=1).to(self.device)
                     exact, _ = forward_backward(model, x, y, on(self.device, state), 5.0, "fp32")
                     loss, carried = forward_backward(model, x, y, on(self.device, state), 5.0, "bf16")
+                    assert not any(autocast_in_kernel) and len(autocast_in_kernel) == (0 if kernel is None else 2)
                     assert abs(loss.item() / exact.item() - 1) < 2e-2, (loss.item(), exact.item())
                     assert all(part.dtype == torch.float32 and part.is_contiguous() for part in carried)
                     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

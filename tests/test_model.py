@@ -322,6 +322,18 @@ def test_without_onednn_bfloat16_lstm_the_kernel_runs_in_float32_and_the_rest_in
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_on_a_gpu_under_bfloat16_autocast_the_kernel_runs_in_float32(monkeypatch):
+    """kernel_precision: autocast would run cuDNN's RNN in float16 (no gradient scaler), so on a GPU
+    the kernel runs with autocast off; on a CPU with oneDNN's bfloat16 LSTM autocast stays on."""
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type="cuda": True)
+    off = char_rnn.kernel_precision(torch.device("cuda"))
+    assert isinstance(off, torch.autocast) and not off._enabled and off.device == "cuda"
+    monkeypatch.setattr(char_rnn, "cpu_lstm_takes_bfloat16", lambda: True)
+    assert not isinstance(char_rnn.kernel_precision(torch.device("cpu")), torch.autocast)
+    monkeypatch.setattr(char_rnn, "cpu_lstm_takes_bfloat16", lambda: False)
+    assert isinstance(char_rnn.kernel_precision(torch.device("cpu")), torch.autocast)
+
+
 def test_asking_the_cpu_for_a_bfloat16_lstm_draws_no_random_numbers():
     """It is asked before the model is initialised (check_precision) and in the middle of a run: a
     draw would change the run's weights or dropout masks."""
