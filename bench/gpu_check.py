@@ -6,21 +6,25 @@ no internet, one table at the end.
 
   (a) tests/test_cuda.py through the standard library's unittest (no pytest needed): CUDA against
       the CPU reference for every cell and path, the scripts on -gpuid 0, two processes on one GPU.
-  (b) training characters per second, batch 50 x 50: train.py's step (util.training.forward_backward,
-      loss.item() and RMSprop, as train.py runs it) against a bare nn.LSTM script on one-hot input
-      (cuDNN's kernel), LSTM 2x128, 2x256 and 3x512 at vocabulary 65 and 2x256 at 2,583, in float32
+  (b) training characters per second, batch 50 x 50: train.py's step (util.training.forward_backward
+      and RMSprop, the losses read back READBACK_WINDOW steps at a time, as train.py runs it) against
+      a bare nn.LSTM script on one-hot input (cuDNN's kernel, loss.item() every step, as a plain
+      script does), LSTM 2x128, 2x256 and 3x512 at vocabulary 65 and 2x256 at 2,583, in float32
       (IEEE, as train.py sets a CUDA device up) and under bf16 autocast; the nn.LSTM script also
-      with PyTorch's defaults (cuDNN's RNNs in TF32). Then the user's command, `train.py -rnn_size
-      256 -num_layers 2` on the lyrics, its time/batch in fp32 and bf16.
+      with PyTorch's defaults (cuDNN's RNNs in TF32). A probe for CUDA graphs besides (train.py
+      captures none): the same step captured in one graph (torch.cuda.graph, capturable RMSprop),
+      its speed, and how far its weights are from the uncaptured step's after a few steps. Then the
+      user's command, `train.py -rnn_size 256 -num_layers 2` on the lyrics, its time/batch in fp32
+      and bf16 (with -accurate_gpu_timing 1: time/batch is otherwise the time to queue a step).
   (c) sampling characters per second: util.generate.sample_steps (sample.py's loop) with 1 and 64
       streams, against stepping nn.LSTM with one stream.
   (d) two processes on one GPU: whether NCCL takes them (a bare all_reduce under torchrun), then
       train.py under torchrun against one process: its losses and its speed.
 
 The contenders of (b) share this process and are timed in interleaved rounds (each one's median
-round counts); every step ends in loss.item(), as train.py's does, so a round measures the GPU's work.
-Not measured: CUDA graphs (the project captures none, so the table has no "graphs on/off" columns)
-and cuDNN's weight flattening (not done either).
+round counts); every round ends by synchronising the GPU, so a round measures the GPU's work.
+train.py itself runs no CUDA graph, so the table has no "graphs on/off" columns: the probe's figures
+are in the notes of (b)'s rows. (a) checks that cuDNN takes the model's weights without a copy.
 The lyrics (jaychou_lyrics.txt: 63,282 characters, 2,583 distinct) are copyrighted and not bundled:
 the user's command runs on a text of the same length and vocabulary made from the bundled 红楼梦
 (lyrics_like_text).
@@ -55,9 +59,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from model import CharRNN, State  # noqa: E402
 from util.data import load_data_dir  # noqa: E402
-from util.device import bf16_capable, use_ieee_float32  # noqa: E402
+from util.device import bf16_capable, synchronize, use_ieee_float32  # noqa: E402
 from util.generate import Sampling, sample_steps, stream_generators  # noqa: E402
-from util.training import forward_backward, rmsprop  # noqa: E402
+from util.training import READBACK_WINDOW, forward_backward, rmsprop  # noqa: E402
 
 LEARNING_RATE, DECAY_RATE, GRAD_CLIP, TEMPERATURE = 2e-3, 0.95, 5.0, 0.8
 LYRICS_LENGTH, LYRICS_VOCABULARY = 63_282, 2_583
@@ -215,25 +219,88 @@ def random_batches(vocab: int, mode: Mode) -> list[tuple[torch.Tensor, torch.Ten
              data[:, k * mode.seq + 1:(k + 1) * mode.seq + 1].to(mode.device)) for k in range(4)]
 
 
-def ours_step(config: Config, mode: Mode, precision: str) -> Step:
-    """train.py's step: forward_backward (its clamp included), loss.item(), RMSprop."""
+def fresh_model(config: Config, mode: Mode, capturable: bool = False) -> tuple[CharRNN, torch.optim.RMSprop]:
+    """train.py's LSTM of `config`, initialised from seed 0, on the device, and its RMSprop."""
     vocab, layers, size = config
     torch.manual_seed(0)
     model = CharRNN("lstm", vocab, size, layers)
     model.initialize()
     model.to(mode.device).train()
-    optimizer = rmsprop(list(model.parameters()), LEARNING_RATE, DECAY_RATE)
+    optimizer = torch.optim.RMSprop(list(model.parameters()), lr=LEARNING_RATE, alpha=DECAY_RATE, eps=1e-8,
+                                    capturable=True) if capturable else rmsprop(list(model.parameters()),
+                                                                                LEARNING_RATE, DECAY_RATE)
+    return model, optimizer
+
+
+def ours_step(config: Config, mode: Mode, precision: str) -> Step:
+    """train.py's step: forward_backward (its clamp included) and RMSprop, the losses read back
+    READBACK_WINDOW steps at a time."""
+    model, optimizer = fresh_model(config, mode)
     state: State = model.zero_state(mode.batch)
-    turns = itertools.cycle(random_batches(vocab, mode))
+    turns = itertools.cycle(random_batches(config[0], mode))
+    unread: list[torch.Tensor] = []
 
     def step() -> float:
         nonlocal state
         x, y = next(turns)
         loss, state = forward_backward(model, x, y, state, GRAD_CLIP, precision)
-        value = loss.item()
         optimizer.step()
-        return value
+        unread.append(loss)
+        if len(unread) < READBACK_WINDOW:
+            return 0.0
+        values = torch.stack(unread).tolist()
+        unread.clear()
+        return values[-1]
     return step
+
+
+def graph_probe(config: Config, mode: Mode, steps: int = 8) -> tuple[Step, str]:
+    """The probe for CUDA graphs: ours_step's forward_backward, clamp and RMSprop (capturable)
+    captured in one graph after three warm-up steps on a side stream, as torch.cuda.graphs asks; a
+    replay is one step. Returns the replaying step and how far its weights are, after `steps`
+    replays, from an uncaptured twin's after the same steps (both from the same warm-up)."""
+    graphed, optimizer = fresh_model(config, mode, capturable=True)
+    twin, twin_optimizer = fresh_model(config, mode, capturable=True)
+    batches = random_batches(config[0], mode)
+    x, y = (t.clone() for t in batches[0])
+    state, twin_state = graphed.zero_state(mode.batch), twin.zero_state(mode.batch)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for k in range(3):
+            for model, opt, carried in ((graphed, optimizer, state), (twin, twin_optimizer, twin_state)):
+                _, new_state = forward_backward(model, *batches[k % 4], carried, GRAD_CLIP)
+                opt.step()
+                for part, new in zip(carried, new_state, strict=True):
+                    part.copy_(new)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, new_state = forward_backward(graphed, x, y, state, GRAD_CLIP)
+        optimizer.step()
+        for part, new in zip(state, new_state, strict=True):
+            part.copy_(new)
+    turns = itertools.cycle(batches)
+    for k in range(steps):
+        batch = batches[(3 + k) % 4]
+        x.copy_(batch[0])
+        y.copy_(batch[1])
+        graph.replay()
+        _, twin_new = forward_backward(twin, *batch, twin_state, GRAD_CLIP)
+        twin_optimizer.step()
+        for part, new in zip(twin_state, twin_new, strict=True):
+            part.copy_(new)
+    apart = max((a.detach() - b.detach()).abs().max().item()
+                for a, b in zip(graphed.parameters(), twin.parameters(), strict=True))
+    counter = itertools.count(1)
+
+    def step() -> float:
+        batch = next(turns)
+        x.copy_(batch[0])
+        y.copy_(batch[1])
+        graph.replay()
+        return loss.item() if next(counter) % READBACK_WINDOW == 0 else 0.0
+    return step, f"weights {apart:.1e} from the uncaptured step's after {steps} steps"
 
 
 def nn_step(config: Config, mode: Mode, precision: str, tf32: bool = False) -> Step:
@@ -314,9 +381,11 @@ def median_seconds(makers: dict[str, Callable[[], Step]], mode: Mode,
     names = list(steps)
     for r in range(mode.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            synchronize(mode.device)
             started = time.perf_counter()
             for _ in range(counts[name]):
                 steps[name]()
+            synchronize(mode.device)
             times[name].append((time.perf_counter() - started) / counts[name])
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -337,6 +406,14 @@ def part_training(mode: Mode) -> None:
             makers.update(ours_bf16=functools.partial(ours_step, config, mode, "bf16"),
                           nn_bf16=functools.partial(nn_step, config, mode, "bf16"))
         failures: dict[str, str] = {}
+        probe = "graph probe: none on the CPU"
+        if mode.device.type == "cuda":
+            try:
+                graph_step, probe = graph_probe(config, mode)
+                makers["graph"] = functools.partial(lambda step: step, graph_step)
+            except Exception as error:  # capture may be refused: that is the probe's finding
+                failures["graph probe"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+                probe = ""
         seconds = median_seconds(makers, mode, failures)
         speed = {name: mode.batch * mode.seq / value for name, value in seconds.items()}
         cells = {column: rate(speed[name]) for column, name in (("fp32", "ours"), ("ref fp32", "nn"),
@@ -344,8 +421,11 @@ def part_training(mode: Mode) -> None:
                  if name in speed}
         cells.update({"x fp32": ratio(speed.get("ours"), speed.get("nn")),
                       "x bf16": ratio(speed.get("ours_bf16"), speed.get("nn_bf16"))})
+        if "graph" in speed:
+            probe = (f"graph probe: {rate(speed['graph'])} chars/s, {ratio(speed['graph'], speed.get('nn'))} nn, "
+                     f"{ratio(speed['graph'], speed.get('ours'))} ours; {probe}")
         notes = [f"nn.LSTM in TF32 (PyTorch's default): {rate(speed['nn_tf32'])}" if "nn_tf32" in speed else "",
-                 "" if bf16 else "no bf16: this GPU has no bfloat16 arithmetic",
+                 "" if bf16 else "no bf16: this GPU has no bfloat16 arithmetic", probe,
                  *(f"{name} FAILED: {error}" for name, error in failures.items())]
         ROWS.append(Row("(b)", what, cells, "; ".join(note for note in notes if note)))
         say(f"(b) {what}: " + ", ".join(f"{name} {rate(value)}" for name, value in speed.items()))
@@ -398,7 +478,8 @@ def part_command(mode: Mode, folder: str) -> None:
             notes.append(f"{precision} skipped: the time budget ran out")
             continue
         status, output, seconds = train_run(os.path.join(folder, f"cv_{precision}"),
-                                            ["-data_dir", data, *mode.command, "-precision", precision], mode, 120)
+                                            ["-data_dir", data, *mode.command, "-precision", precision,
+                                             "-accurate_gpu_timing", "1"], mode, 120)
         per_batch = batch_seconds(output)
         vocab = re.search(r"^vocab size: (\d+)", output, re.M)
         if status != 0 or per_batch is None:
