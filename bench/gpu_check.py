@@ -11,20 +11,21 @@ no internet, one table at the end.
       a bare nn.LSTM script on one-hot input (cuDNN's kernel, loss.item() every step, as a plain
       script does), LSTM 2x128, 2x256 and 3x512 at vocabulary 65 and 2x256 at 2,583, in float32
       (IEEE, as train.py sets a CUDA device up) and under bf16 autocast; the nn.LSTM script also
-      with PyTorch's defaults (cuDNN's RNNs in TF32). A probe for CUDA graphs besides (train.py
-      captures none): the same step captured in one graph (torch.cuda.graph, capturable RMSprop),
-      its speed, and how far its weights are from the uncaptured step's after a few steps. Then the
-      user's command, `train.py -rnn_size 256 -num_layers 2` on the lyrics, its time/batch in fp32
-      and bf16 (with -accurate_gpu_timing 1: time/batch is otherwise the time to queue a step).
+      with PyTorch's defaults (cuDNN's RNNs in TF32). Then the user's command, `train.py -rnn_size
+      256 -num_layers 2` on the lyrics, its time/batch in fp32 and bf16 (with -accurate_gpu_timing
+      1: time/batch is otherwise the time to queue a step).
   (c) sampling characters per second: util.generate.sample_steps (sample.py's loop) with 1 and 64
       streams, against stepping nn.LSTM with one stream.
   (d) two processes on one GPU: whether NCCL takes them (a bare all_reduce under torchrun), then
       train.py under torchrun against one process: its losses and its speed.
+  (e) a probe for CUDA graphs (train.py captures none): (b)'s float32 step captured in one graph
+      (torch.cuda.graph, capturable RMSprop), its speed against the same step uncaptured and the
+      nn.LSTM script, and how far its weights are from the uncaptured step's after a few steps.
 
 The contenders of (b) share this process and are timed in interleaved rounds (each one's median
 round counts); every round ends by synchronising the GPU, so a round measures the GPU's work.
-train.py itself runs no CUDA graph, so the table has no "graphs on/off" columns: the probe's figures
-are in the notes of (b)'s rows. (a) checks that cuDNN takes the model's weights without a copy.
+train.py itself runs no CUDA graph, so the table has no "graphs on/off" columns: (e) is the probe.
+(a) checks that cuDNN takes the model's weights without a copy.
 The lyrics (jaychou_lyrics.txt: 63,282 characters, 2,583 distinct) are copyrighted and not bundled:
 the user's command runs on a text of the same length and vocabulary made from the bundled 红楼梦
 (lyrics_like_text).
@@ -406,14 +407,6 @@ def part_training(mode: Mode) -> None:
             makers.update(ours_bf16=functools.partial(ours_step, config, mode, "bf16"),
                           nn_bf16=functools.partial(nn_step, config, mode, "bf16"))
         failures: dict[str, str] = {}
-        probe = "graph probe: none on the CPU"
-        if mode.device.type == "cuda":
-            try:
-                graph_step, probe = graph_probe(config, mode)
-                makers["graph"] = functools.partial(lambda step: step, graph_step)
-            except Exception as error:  # capture may be refused: that is the probe's finding
-                failures["graph probe"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
-                probe = ""
         seconds = median_seconds(makers, mode, failures)
         speed = {name: mode.batch * mode.seq / value for name, value in seconds.items()}
         cells = {column: rate(speed[name]) for column, name in (("fp32", "ours"), ("ref fp32", "nn"),
@@ -421,11 +414,8 @@ def part_training(mode: Mode) -> None:
                  if name in speed}
         cells.update({"x fp32": ratio(speed.get("ours"), speed.get("nn")),
                       "x bf16": ratio(speed.get("ours_bf16"), speed.get("nn_bf16"))})
-        if "graph" in speed:
-            probe = (f"graph probe: {rate(speed['graph'])} chars/s, {ratio(speed['graph'], speed.get('nn'))} nn, "
-                     f"{ratio(speed['graph'], speed.get('ours'))} ours; {probe}")
         notes = [f"nn.LSTM in TF32 (PyTorch's default): {rate(speed['nn_tf32'])}" if "nn_tf32" in speed else "",
-                 "" if bf16 else "no bf16: this GPU has no bfloat16 arithmetic", probe,
+                 "" if bf16 else "no bf16: this GPU has no bfloat16 arithmetic",
                  *(f"{name} FAILED: {error}" for name, error in failures.items())]
         ROWS.append(Row("(b)", what, cells, "; ".join(note for note in notes if note)))
         say(f"(b) {what}: " + ", ".join(f"{name} {rate(value)}" for name, value in speed.items()))
@@ -634,6 +624,41 @@ def part_two_processes(mode: Mode, folder: str) -> None:
     say(f"(d) {verdict}; train.py: {backend}; {agreement}")
 
 
+# ---- (e) the CUDA graph probe ----------------------------------------------------------------------
+
+def part_graph_probe(mode: Mode) -> None:
+    """graph_probe at (b)'s float32 sizes against train.py's step and the nn.LSTM script; last, so
+    that a capture that goes wrong leaves the other parts' figures alone."""
+    for config in mode.train_configs:
+        vocab, layers, size = config
+        what = f"graph probe chars/s, lstm {layers}x{size} V={vocab:,}"
+        if mode.device.type != "cuda":
+            ROWS.append(Row("(e)", what, note="skipped: no CUDA graphs on the CPU"))
+            continue
+        if not enough_time(mode, 0.02):
+            ROWS.append(Row("(e)", what, note="skipped: the time budget ran out"))
+            continue
+        try:
+            graph_step, distance = graph_probe(config, mode)
+        except Exception as error:  # capture may be refused: that is the probe's finding
+            ROWS.append(Row("(e)", what, note=f"capture FAILED: {type(error).__name__}: "
+                                                f"{(str(error).splitlines() or [''])[0][:160]}"))
+            continue
+        makers: dict[str, Callable[[], Step]] = {"graph": functools.partial(lambda step: step, graph_step),
+                                                 "ours": functools.partial(ours_step, config, mode, "fp32"),
+                                                 "nn": functools.partial(nn_step, config, mode, "fp32")}
+        failures: dict[str, str] = {}
+        speed = {name: mode.batch * mode.seq / value for name, value in median_seconds(makers, mode, failures).items()}
+        ROWS.append(Row("(e)", what, {"fp32": rate(speed["graph"]) if "graph" in speed else "-",
+                                      "ref fp32": rate(speed["nn"]) if "nn" in speed else "-",
+                                      "x fp32": ratio(speed.get("graph"), speed.get("nn"))},
+                        "; ".join([f"ref: the nn.LSTM script; train.py's step uncaptured: "
+                                   f"{rate(speed['ours']) if 'ours' in speed else '-'}", distance,
+                                   *(f"{name} FAILED: {error}" for name, error in failures.items())])))
+        say(f"(e) {what}: " + ", ".join(f"{name} {rate(value)}" for name, value in speed.items()) + f"; {distance}")
+        torch.cuda.empty_cache()
+
+
 # ---- main ------------------------------------------------------------------------------------------
 
 def describe(mode: Mode) -> None:
@@ -695,7 +720,8 @@ def main() -> int:
     describe(mode)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
         for name, part in (("(a)", part_tests), ("(b)", part_training), ("(b)", lambda m: part_command(m, folder)),
-                           ("(c)", part_sampling), ("(d)", lambda m: part_two_processes(m, folder))):
+                           ("(c)", part_sampling), ("(d)", lambda m: part_two_processes(m, folder)),
+                           ("(e)", part_graph_probe)):
             guarded(name, part, mode)
     print_table()
     return 0 if all("FAILED" not in row.note and "OVER" not in row.note for row in ROWS) else 1

@@ -7,8 +7,10 @@
 #       2x256, 3x512 (vocabulary 65) and 2x256 (vocabulary 2,583), fp32 and bf16, and the user's
 #       command (train.py -rnn_size 256 -num_layers 2) on a lyrics-like text;
 #   (c) sampling chars/s with 1 and 64 streams;
-#   (d) two processes on one GPU: NCCL if it takes them, else train.py talks over gloo.
-# CUDA graphs are left out: the project captures none, so the table has no "graphs on/off" columns.
+#   (d) two processes on one GPU: NCCL if it takes them, else train.py talks over gloo;
+#   (e) a CUDA graph probe: (b)'s step captured in one graph, its speed and its distance from the
+#       uncaptured step (train.py captures none, so (b) has no "graphs on/off" columns).
+# (a) also checks that cuDNN takes the model's weights without a copy (one buffer, no warning).
 # The lyrics are not bundled (copyrighted): the user's command runs on a text made of 红楼梦 with
 # the lyrics' 63,282 characters and 2,583 distinct ones.
 #
