@@ -159,16 +159,20 @@ def test_held_back_counts_the_longest_start_of_the_stop_text():
     assert held_back([3, 3], [3, 3, 3]) == 2
 
 
-def test_closing_a_stream_stops_the_generation(model, monkeypatch):
-    from model.char_rnn import Stepper
+def steps_of_a_stream_closed_after(model, pieces: int, monkeypatch) -> int:
+    """How many model steps a stream of 100,000 characters has made when it is closed after `pieces` pieces."""
     steps = []
     real_step = Stepper.step
     monkeypatch.setattr(Stepper, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
     stream = model.stream("", 100000, seed=1)
-    for _ in itertools.islice(stream, 10):
+    for _ in itertools.islice(stream, pieces):
         pass
     stream.close()
-    assert len(steps) < 20
+    return len(steps)
+
+
+def test_closing_a_stream_stops_the_generation(model, monkeypatch):
+    assert steps_of_a_stream_closed_after(model, 10, monkeypatch) < 20
 
 
 def test_characters_read_back_a_window_at_a_time_are_the_ones_read_one_at_a_time(model, monkeypatch):
@@ -181,7 +185,8 @@ def test_characters_read_back_a_window_at_a_time_are_the_ones_read_one_at_a_time
     def texts():
         return (model.generate(PRIME, 203, num_samples=3, seed=5),
                 model.generate(PRIME, 400, num_samples=3, seed=2, stop="\n"),
-                list(model.stream(PRIME, 300, seed=6, stop=stop)), model.generate(PRIME, 50, temperature=0.01, seed=3))
+                list(model.stream(PRIME, 300, seed=6, stop=stop)),
+                model.generate(PRIME, 50, temperature=0.01, seed=3))
 
     one_at_a_time = texts()
     generators = stream_generators([3, 4], torch.device("cpu"), 0)
@@ -190,14 +195,7 @@ def test_characters_read_back_a_window_at_a_time_are_the_ones_read_one_at_a_time
     assert texts() == one_at_a_time
     generators = stream_generators([3, 4], torch.device("cpu"), 0)
     assert list(sample_steps(model.model, [1, 2], 50, Sampling(0.8), generators)) == single
-    steps = []
-    real_step = Stepper.step
-    monkeypatch.setattr(Stepper, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
-    stream = model.stream("", 100000, seed=1)
-    for _ in itertools.islice(stream, 10):
-        pass
-    stream.close()
-    assert 10 <= len(steps) < 10 + 7
+    assert 10 <= steps_of_a_stream_closed_after(model, 10, monkeypatch) < 10 + 7
 
 
 # ---- beam search -------------------------------------------------------------------------------------
