@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error, data_folder
+from conftest import REPO, data_folder
 from runner import Runs, ok
 from util.checkpoint import model_from_checkpoint
 from util.data import load_training_data
@@ -267,11 +267,3 @@ def test_the_cost_notice_needs_both_a_noticeable_pass_and_a_large_share():
     notice = validation_cost_notice(150.0, 20_008, 1000, 0.03, measured=False)
     assert notice is not None and "will take about 2m30s, 5.0x the 30s of training" in notice
     assert "-val_max_batches 1000 " in notice
-
-
-@pytest.mark.parametrize("option", ["-keep", "-val_max_batches", "-overfit_patience", "-early_stop"])
-def test_negative_counts_are_one_line_errors(tmp_path, option):
-    from conftest import run_script
-    data = data_folder(tmp_path / "d", memorise_text())
-    assert_user_error(run_script("train.py", "-data_dir", data, *MEMORISE, option, "-1", cwd=tmp_path), option)
-    assert not (tmp_path / "cv").exists()

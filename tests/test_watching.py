@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, data_folder, run_script
+from conftest import data_folder, run_script
 from model import CharRNN
 from runner import Runs, ok
 from util.errors import LINE_BREAKS
@@ -84,22 +84,6 @@ def test_without_a_prefix_the_first_character_is_drawn(runs):
     found = SAMPLE.findall(ok(runs["drawn_first"]).stdout)
     assert len(found) == 4 and all(len(text.replace("\\n", "\n")) == 20 for _, text in found)
     assert len({text for _, text in found}) == 4
-
-
-@pytest.mark.parametrize("args, fragments", [
-    (["-sample_every", -1], ["-sample_every", "-1"]),
-    (["-sample_every", 1, "-sample_prime", "the,,dog"], ["-sample_prime", "empty prefix"]),
-    (["-sample_every", 1, "-sample_prime", "the,分开"], ["-sample_prime", "分开", "not in the vocabulary"]),
-    (["-sample_length", -5], ["-sample_length"]),
-    (["-sample_temperature", -1], ["-sample_temperature"]),
-    (["-grad_norm", -1], ["-grad_norm"]),
-    (["-grad_norm", 1, "-grad_clip", 5], ["-grad_clip", "-grad_norm", "not both"]),
-])
-def test_bad_values_are_one_line_errors_before_training(tmp_path, args, fragments):
-    data = data_folder(tmp_path / "data", TEXT)
-    result = run_script("train.py", "-data_dir", data, *RUN, *args, cwd=tmp_path)
-    assert_user_error(result, *fragments)
-    assert not (tmp_path / "cv").exists()
 
 
 # ---- -minibatch random ------------------------------------------------------------------------------
