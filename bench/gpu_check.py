@@ -363,8 +363,10 @@ def warmed_up(makers: dict[str, Callable[[], Step]], mode: Mode,
             step = make()
             step()
             step()
+            synchronize(mode.device)  # a step may only queue work: time it to its end
             started = time.perf_counter()
             step()
+            synchronize(mode.device)
         except Exception as error:  # a contender that fails is reported; the others are still timed
             failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
             continue

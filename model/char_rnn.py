@@ -211,7 +211,7 @@ class CharRNN(nn.Module):
         # batch under torchrun; for a contiguous state this is the same tensor
         hidden = tuple(part[first:end].contiguous() for part in state)
         # the kernel's dropout acts between its layers only; for one layer none is asked for, so that
-        # cuDNN sets up no dropout state (which would draw its seed from torch's CPU generator)
+        # cuDNN sets up no dropout state (whose seed is a draw, with a sync, from the CUDA generator)
         dropout = self.dropout.p if len(layers) > 1 else 0.0
         with kernel_precision(layer_input.device):
             result = cell.kernel(layer_input, hidden if len(hidden) > 1 else hidden[0], cell.kernel_weights(layers),
@@ -221,10 +221,11 @@ class CharRNN(nn.Module):
 
     def kernel_per_layer(self, device: torch.device) -> bool:
         """Whether the kernel runs one layer per call on `device`: off the CPU, for a model with
-        dropout. cuDNN draws its dropout masks from a random state of its own, seeded once in a
-        process, which no checkpoint holds (a resumed run would draw other masks); the CPU's kernel
-        draws them from torch's generator, as self.dropout does. In evaluation too, so that each
-        layer's weights keep the one cuDNN buffer of their own that share_cudnn_buffer lays out."""
+        dropout. cuDNN draws its dropout masks from a random state of its own, seeded from the CUDA
+        generator but advanced apart from it, which no checkpoint holds (a resumed run would draw
+        other masks); the CPU's kernel draws them from torch's generator, as self.dropout does. In
+        evaluation too, so that each layer's weights keep the one cuDNN buffer of their own that
+        share_cudnn_buffer lays out."""
         return device.type != "cpu" and self.dropout.p > 0
 
 

@@ -487,7 +487,8 @@ class BatchLoader:
     def keep_on(self, device: torch.device) -> None:
         """Put the splits' consecutive layouts on `device` where it holds them all (device_holds):
         batch() then cuts there. The random scheme's training batches are still cut on the host."""
-        laid_out = [name for name, split in self.splits.items() if split.n_batches > 0]
+        laid_out = [name for name, split in self.splits.items() if split.wanted and split.n_batches > 0
+                    and not (name == "train" and self.random is not None)]  # only splits batch() will cut
         if device_holds(device, sum(resident_bytes(self.splits[name]) for name in laid_out)):
             self.resident = {name: ResidentSplit(self.splits[name], device) for name in laid_out}
 
