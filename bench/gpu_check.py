@@ -255,6 +255,12 @@ def ours_step(config: Config, mode: Mode, precision: str) -> Step:
     return step
 
 
+def carry(state: State, new_state: State) -> None:
+    """The next batch's state copied into `state` in place (a captured graph reads its tensors)."""
+    for part, new in zip(state, new_state, strict=True):
+        part.copy_(new)
+
+
 def graph_probe(config: Config, mode: Mode, steps: int = 8) -> tuple[Step, str]:
     """The probe for CUDA graphs: ours_step's forward_backward, clamp and RMSprop (capturable)
     captured in one graph after three warm-up steps on a side stream, as torch.cuda.graphs asks; a
@@ -272,15 +278,13 @@ def graph_probe(config: Config, mode: Mode, steps: int = 8) -> tuple[Step, str]:
             for model, opt, carried in ((graphed, optimizer, state), (twin, twin_optimizer, twin_state)):
                 _, new_state = forward_backward(model, *batches[k % 4], carried, GRAD_CLIP)
                 opt.step()
-                for part, new in zip(carried, new_state, strict=True):
-                    part.copy_(new)
+                carry(carried, new_state)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         loss, new_state = forward_backward(graphed, x, y, state, GRAD_CLIP)
         optimizer.step()
-        for part, new in zip(state, new_state, strict=True):
-            part.copy_(new)
+        carry(state, new_state)
     turns = itertools.cycle(batches)
     for k in range(steps):
         batch = batches[(3 + k) % 4]
@@ -289,8 +293,7 @@ def graph_probe(config: Config, mode: Mode, steps: int = 8) -> tuple[Step, str]:
         graph.replay()
         _, twin_new = forward_backward(twin, *batch, twin_state, GRAD_CLIP)
         twin_optimizer.step()
-        for part, new in zip(twin_state, twin_new, strict=True):
-            part.copy_(new)
+        carry(twin_state, twin_new)
     apart = max((a.detach() - b.detach()).abs().max().item()
                 for a, b in zip(graphed.parameters(), twin.parameters(), strict=True))
     counter = itertools.count(1)

@@ -95,10 +95,8 @@ class CharRNN(nn.Module):
         if not all(w.is_cuda and w.dtype == dtype and torch.backends.cudnn.is_acceptable(w) for w in weights):
             return
         mode = cudnn_rnn.get_cudnn_mode(cell.cudnn_mode)
-        calls = ([(n, n + 1) for n in range(self.num_layers)] if self.kernel_per_layer(weights[0].device)
-                 else [(0, self.num_layers)])  # the layers of each kernel call: one buffer per call
         with torch.no_grad(), torch.cuda.device_of(weights[0]):
-            for first, end in calls:
+            for first, end in self.kernel_calls(0, weights[0].device):  # one buffer per kernel call
                 input_size = self.vocab_size if first == 0 else self.rnn_size
                 torch._cudnn_rnn_flatten_weight(cell.kernel_weights(self.layers[first:end]), 4, input_size, mode,
                                                 self.rnn_size, 0, end - first, False, False)
@@ -192,14 +190,23 @@ class CharRNN(nn.Module):
         """PyTorch's fused kernel on layers first.., time-major: one call for them all, or one per
         layer with self.dropout between where the kernel's own dropout would not come from torch's
         generators (kernel_per_layer)."""
-        if not self.kernel_per_layer(layer_input.device):
+        calls = self.kernel_calls(first, layer_input.device)
+        if len(calls) == 1:
             return self._kernel_call(layer_input, state, first, self.num_layers)
         states = []
-        for n in range(first, self.num_layers):
+        for n, end in calls:
             layer_input, layer_state = self._kernel_call(self.dropout(layer_input) if n > first else layer_input,
-                                                         state, n, n + 1)
+                                                         state, n, end)
             states.append(layer_state)
         return layer_input, tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+
+    def kernel_calls(self, first: int, device: torch.device) -> list[tuple[int, int]]:
+        """The layers (first, end) of each kernel call for layers first.. on `device`: all in one
+        call, or one per call where kernel_per_layer. _kernel calls them so and share_cudnn_buffer
+        lays out one cuDNN buffer for each."""
+        if self.kernel_per_layer(device):
+            return [(n, n + 1) for n in range(first, self.num_layers)]
+        return [(first, self.num_layers)]
 
     def _kernel_call(self, layer_input: torch.Tensor, state: State, first: int,
                      end: int) -> tuple[torch.Tensor, State]:
