@@ -63,10 +63,10 @@ from util.training import (
     Progress,
     StopRequest,
     TrainingLog,
+    TrainingStep,
     best_validation,
     evaluate_split,
-    forward_backward,
-    grad_param_norm_ratio,
+    graphs_used,
     readback_window,
     rises_since_best,
     rmsprop,
@@ -119,6 +119,8 @@ OPTIONS = [
     Option("sample_length", 50, "characters per sample, after its prefix"),
     Option("sample_temperature", 1.0, "temperature of the samples; 0 = the most likely character (argmax)"),
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
+    Option("cuda_graphs", 1, "1 = on a CUDA device, replay each training step as one captured CUDA graph "
+                             "(not under torchrun); 0 = launch its kernels one by one"),
     *GPU_OPTIONS,
     THREADS_OPTION,
     PRECISION_OPTION,
@@ -145,6 +147,9 @@ def check_options(opt: SimpleNamespace, given: set[str]) -> None:
     for name in ("keep", "val_max_batches", "overfit_patience", "early_stop", "sample_every", "sample_length"):
         if getattr(opt, name) < 0:
             raise UserError(f"-{name} must be 0 or more, not {getattr(opt, name)}")
+    for name in ("accurate_gpu_timing", "cuda_graphs"):
+        if getattr(opt, name) not in (0, 1):
+            raise UserError(f"-{name} must be 0 or 1, not {getattr(opt, name)}")
     for name in ("dropout", "decay_rate"):
         if not 0 <= getattr(opt, name) < 1:
             raise UserError(f"-{name} must be in [0, 1), not {lua_number(getattr(opt, name))}")
@@ -263,6 +268,7 @@ class Run:
     model: CharRNN
     network: torch.nn.Module  # the model, or the DistributedDataParallel wrapping it
     optimizer: torch.optim.Optimizer
+    graphed: bool  # each step replayed as a CUDA graph (util.training.TrainingStep)
     rows: slice  # this process's streams of each batch
     iterations: int
     say: Callable[..., None]  # print on the main process, nothing elsewhere
@@ -291,8 +297,9 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     prefixes = sample_prefixes(opt.sample_prime, vocab)
     model = starting_model(opt, given, vocab, start, device, say).to(device)
     network = DistributedDataParallel(model, process_group=ranks.group) if ranks.active else model
-    optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate)
-    run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, rows,
+    graphed = graphs_used(bool(opt.cuda_graphs), device, ranks.active)
+    optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate, capturable=graphed)
+    run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, graphed, rows,
               int(opt.max_epochs * loader.n_batches("train")), say, prefixes)
     describe(run)
     if run.iterations == 0:
@@ -428,6 +435,8 @@ class Trainer:
         self.cost_said = self.say_validation_cost(*estimate_validation(run, self.val_batches), measured=False)
         self.stop = StopRequest()  # from here on a signal asks for a checkpoint and the end of the run
         self.window = readback_window(run.device)
+        self.update = TrainingStep(run.network, run.optimizer, opt.grad_clip, opt.precision, opt.grad_norm,
+                                   run.graphed, run.say)
         self.unread: list[Unread] = []  # iterations whose numbers are still on the device
         self.unlogged: list[LogRow] = []  # read back, not yet in the log
 
@@ -479,11 +488,7 @@ class Trainer:
         if opt.minibatch == "random":  # d2l: each batch's subsequences start from a zero state
             self.hidden = tuple(torch.zeros_like(part) for part in self.hidden)
         x, y = (t[run.rows].to(run.device, non_blocking=True) for t in run.loader.next_batch("train"))
-        loss, self.hidden = forward_backward(run.network, x, y, self.hidden, opt.grad_clip, opt.precision,
-                                             opt.grad_norm)
-        printing = i % opt.print_every == 0
-        norm_ratio = grad_param_norm_ratio(list(run.model.parameters())) if printing else None
-        run.optimizer.step()
+        loss, norm_ratio, self.hidden = self.update(x, y, self.hidden, printing=i % opt.print_every == 0)
         if opt.accurate_gpu_timing:
             synchronize(run.device)
         return Unread(i, loss, norm_ratio, time.perf_counter() - started, run.optimizer.param_groups[0]["lr"])

@@ -6,25 +6,24 @@ no internet, one table at the end.
 
   (a) tests/test_cuda.py through the standard library's unittest (no pytest needed): CUDA against
       the CPU reference for every cell and path, the scripts on -gpuid 0, two processes on one GPU.
-  (b) training characters per second, batch 50 x 50: train.py's step (util.training.forward_backward
-      and RMSprop, the losses read back READBACK_WINDOW steps at a time, as train.py runs it) against
-      a bare nn.LSTM script on one-hot input (cuDNN's kernel, loss.item() every step, as a plain
-      script does), LSTM 2x128, 2x256 and 3x512 at vocabulary 65 and 2x256 at 2,583, in float32
-      (IEEE, as train.py sets a CUDA device up) and under bf16 autocast; the nn.LSTM script also
-      with PyTorch's defaults (cuDNN's RNNs in TF32). Then the user's command, `train.py -rnn_size
-      256 -num_layers 2` on the lyrics, its time/batch in fp32 and bf16 (with -accurate_gpu_timing
-      1: time/batch is otherwise the time to queue a step).
+  (b) training characters per second, batch 50 x 50: train.py's step (util.training.TrainingStep:
+      forward_backward, its clamp and RMSprop, replayed as a CUDA graph as train.py does by default,
+      the losses read back READBACK_WINDOW steps at a time) against a bare nn.LSTM script on one-hot
+      input (cuDNN's kernel, loss.item() every step, as a plain script does), LSTM 2x128, 2x256 and
+      3x512 at vocabulary 65 and 2x256 at 2,583, in float32 (IEEE, as train.py sets a CUDA device
+      up) and under bf16 autocast; train.py's step also with graphs off (-cuda_graphs 0), the
+      nn.LSTM script also with PyTorch's defaults (cuDNN's RNNs in TF32). Then the user's command,
+      `train.py -rnn_size 256 -num_layers 2` on the lyrics, its time/batch in fp32 and bf16 (with
+      -accurate_gpu_timing 1: time/batch is otherwise the time to queue a step).
   (c) sampling characters per second: util.generate.sample_steps (sample.py's loop) with 1 and 64
       streams, against stepping nn.LSTM with one stream.
   (d) two processes on one GPU: whether NCCL takes them (a bare all_reduce under torchrun), then
       train.py under torchrun against one process: its losses and its speed.
-  (e) a probe for CUDA graphs (train.py captures none): (b)'s float32 step captured in one graph
-      (torch.cuda.graph, capturable RMSprop), its speed against the same step uncaptured and the
-      nn.LSTM script, and how far its weights are from the uncaptured step's after a few steps.
+  (e) graphs exact: how far the weights of (b)'s float32 step replayed as a CUDA graph are from the
+      same step run eagerly, after a few steps from the same start (anything but 0 fails).
 
 The contenders of (b) share this process and are timed in interleaved rounds (each one's median
 round counts); every round ends by synchronising the GPU, so a round measures the GPU's work.
-train.py itself runs no CUDA graph, so the table has no "graphs on/off" columns: (e) is the probe.
 (a) checks that cuDNN takes the model's weights without a copy.
 The lyrics (jaychou_lyrics.txt: 63,282 characters, 2,583 distinct) are copyrighted and not bundled:
 the user's command runs on a text of the same length and vocabulary made from the bundled 红楼梦
@@ -62,7 +61,7 @@ from model import CharRNN, State  # noqa: E402
 from util.data import load_data_dir  # noqa: E402
 from util.device import bf16_capable, synchronize, use_ieee_float32  # noqa: E402
 from util.generate import Sampling, sample_steps, stream_generators  # noqa: E402
-from util.training import READBACK_WINDOW, forward_backward, rmsprop  # noqa: E402
+from util.training import GRAPH_WARMUP, READBACK_WINDOW, TrainingStep, graphs_used, rmsprop  # noqa: E402
 
 LEARNING_RATE, DECAY_RATE, GRAD_CLIP, TEMPERATURE = 2e-3, 0.95, 5.0, 0.8
 LYRICS_LENGTH, LYRICS_VOCABULARY = 63_282, 2_583
@@ -220,32 +219,28 @@ def random_batches(vocab: int, mode: Mode) -> list[tuple[torch.Tensor, torch.Ten
              data[:, k * mode.seq + 1:(k + 1) * mode.seq + 1].to(mode.device)) for k in range(4)]
 
 
-def fresh_model(config: Config, mode: Mode, capturable: bool = False) -> tuple[CharRNN, torch.optim.RMSprop]:
-    """train.py's LSTM of `config`, initialised from seed 0, on the device, and its RMSprop."""
+def fresh_model(config: Config, mode: Mode, precision: str, graphed: bool) -> tuple[CharRNN, TrainingStep]:
+    """train.py's LSTM of `config`, initialised from seed 0, on the device, and train.py's step for
+    it (util.training.TrainingStep: its clamp, RMSprop, and a CUDA graph where `graphed`)."""
     vocab, layers, size = config
     torch.manual_seed(0)
     model = CharRNN("lstm", vocab, size, layers)
     model.initialize()
     model.to(mode.device).train()
-    optimizer = torch.optim.RMSprop(list(model.parameters()), lr=LEARNING_RATE, alpha=DECAY_RATE, eps=1e-8,
-                                    capturable=True) if capturable else rmsprop(list(model.parameters()),
-                                                                                LEARNING_RATE, DECAY_RATE)
-    return model, optimizer
+    optimizer = rmsprop(list(model.parameters()), LEARNING_RATE, DECAY_RATE, capturable=graphed)
+    return model, TrainingStep(model, optimizer, GRAD_CLIP, precision, 0.0, graphed, say)
 
 
-def ours_step(config: Config, mode: Mode, precision: str) -> Step:
-    """train.py's step: forward_backward (its clamp included) and RMSprop, the losses read back
-    READBACK_WINDOW steps at a time."""
-    model, optimizer = fresh_model(config, mode)
+def ours_step(config: Config, mode: Mode, precision: str, graphed: bool) -> Step:
+    """train.py's step, the losses read back READBACK_WINDOW steps at a time, as train.py does."""
+    model, update = fresh_model(config, mode, precision, graphed)
     state: State = model.zero_state(mode.batch)
     turns = itertools.cycle(random_batches(config[0], mode))
     unread: list[torch.Tensor] = []
 
     def step() -> float:
         nonlocal state
-        x, y = next(turns)
-        loss, state = forward_backward(model, x, y, state, GRAD_CLIP, precision)
-        optimizer.step()
+        loss, _, state = update(*next(turns), state, printing=False)
         unread.append(loss)
         if len(unread) < READBACK_WINDOW:
             return 0.0
@@ -255,56 +250,20 @@ def ours_step(config: Config, mode: Mode, precision: str) -> Step:
     return step
 
 
-def carry(state: State, new_state: State) -> None:
-    """The next batch's state copied into `state` in place (a captured graph reads its tensors)."""
-    for part, new in zip(state, new_state, strict=True):
-        part.copy_(new)
-
-
-def graph_probe(config: Config, mode: Mode, steps: int = 8) -> tuple[Step, str]:
-    """The probe for CUDA graphs: ours_step's forward_backward, clamp and RMSprop (capturable)
-    captured in one graph after three warm-up steps on a side stream, as torch.cuda.graphs asks; a
-    replay is one step. Returns the replaying step and how far its weights are, after `steps`
-    replays, from an uncaptured twin's after the same steps (both from the same warm-up)."""
-    graphed, optimizer = fresh_model(config, mode, capturable=True)
-    twin, twin_optimizer = fresh_model(config, mode, capturable=True)
+def graph_distance(config: Config, mode: Mode, steps: int = 2 * GRAPH_WARMUP + 8) -> float:
+    """How far the weights of train.py's step replayed as a CUDA graph are from the same step's
+    eager after `steps` steps from the same start (0.0: bit for bit); raises when the capture failed
+    (TrainingStep then goes on eager, and 0.0 would prove nothing)."""
+    (graphed, graphed_step), (eager, eager_step) = (fresh_model(config, mode, "fp32", on) for on in (True, False))
     batches = random_batches(config[0], mode)
-    x, y = (t.clone() for t in batches[0])
-    state, twin_state = graphed.zero_state(mode.batch), twin.zero_state(mode.batch)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for k in range(3):
-            for model, opt, carried in ((graphed, optimizer, state), (twin, twin_optimizer, twin_state)):
-                _, new_state = forward_backward(model, *batches[k % 4], carried, GRAD_CLIP)
-                opt.step()
-                carry(carried, new_state)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss, new_state = forward_backward(graphed, x, y, state, GRAD_CLIP)
-        optimizer.step()
-        carry(state, new_state)
-    turns = itertools.cycle(batches)
+    states = [graphed.zero_state(mode.batch), eager.zero_state(mode.batch)]
     for k in range(steps):
-        batch = batches[(3 + k) % 4]
-        x.copy_(batch[0])
-        y.copy_(batch[1])
-        graph.replay()
-        _, twin_new = forward_backward(twin, *batch, twin_state, GRAD_CLIP)
-        twin_optimizer.step()
-        carry(twin_state, twin_new)
-    apart = max((a.detach() - b.detach()).abs().max().item()
-                for a, b in zip(graphed.parameters(), twin.parameters(), strict=True))
-    counter = itertools.count(1)
-
-    def step() -> float:
-        batch = next(turns)
-        x.copy_(batch[0])
-        y.copy_(batch[1])
-        graph.replay()
-        return loss.item() if next(counter) % READBACK_WINDOW == 0 else 0.0
-    return step, f"weights {apart:.1e} from the uncaptured step's after {steps} steps"
+        for n, update in enumerate((graphed_step, eager_step)):
+            states[n] = update(*batches[k % len(batches)], states[n], printing=False)[2]
+    if not graphed_step.graphed:
+        raise RuntimeError("the capture failed (its notice is printed above)")
+    return max((a.detach() - b.detach()).abs().max().item()
+               for a, b in zip(graphed.parameters(), eager.parameters(), strict=True))
 
 
 def nn_step(config: Config, mode: Mode, precision: str, tf32: bool = False) -> Step:
@@ -404,13 +363,18 @@ def part_training(mode: Mode) -> None:
         if not enough_time(mode, 0.33):
             ROWS.append(Row("(b)", what, note="skipped: the time budget ran out"))
             continue
+        graphed = graphs_used(True, mode.device, False)  # train.py's default here
         makers: dict[str, Callable[[], Step]] = {
-            "ours": functools.partial(ours_step, config, mode, "fp32"),
+            "ours": functools.partial(ours_step, config, mode, "fp32", graphed),
             "nn": functools.partial(nn_step, config, mode, "fp32"),
             "nn_tf32": functools.partial(nn_step, config, mode, "fp32", tf32=True)}
+        if graphed:
+            makers["ours_eager"] = functools.partial(ours_step, config, mode, "fp32", False)
         if bf16:
-            makers.update(ours_bf16=functools.partial(ours_step, config, mode, "bf16"),
+            makers.update(ours_bf16=functools.partial(ours_step, config, mode, "bf16", graphed),
                           nn_bf16=functools.partial(nn_step, config, mode, "bf16"))
+        if bf16 and graphed:
+            makers["ours_bf16_eager"] = functools.partial(ours_step, config, mode, "bf16", False)
         failures: dict[str, str] = {}
         seconds = median_seconds(makers, mode, failures)
         speed = {name: mode.batch * mode.seq / value for name, value in seconds.items()}
@@ -419,7 +383,11 @@ def part_training(mode: Mode) -> None:
                  if name in speed}
         cells.update({"x fp32": ratio(speed.get("ours"), speed.get("nn")),
                       "x bf16": ratio(speed.get("ours_bf16"), speed.get("nn_bf16"))})
-        notes = [f"nn.LSTM in TF32 (PyTorch's default): {rate(speed['nn_tf32'])}" if "nn_tf32" in speed else "",
+        eager = [f"{rate(speed[name])} {precision}" for name, precision in (("ours_eager", "fp32"),
+                                                                               ("ours_bf16_eager", "bf16"))
+                 if name in speed]
+        notes = [f"graphs off (-cuda_graphs 0): {', '.join(eager)}" if eager else "",
+                 f"nn.LSTM in TF32 (PyTorch's default): {rate(speed['nn_tf32'])}" if "nn_tf32" in speed else "",
                  "" if bf16 else "no bf16: this GPU has no bfloat16 arithmetic",
                  *(f"{name} FAILED: {error}" for name, error in failures.items())]
         ROWS.append(Row("(b)", what, cells, "; ".join(note for note in notes if note)))
@@ -629,38 +597,20 @@ def part_two_processes(mode: Mode, folder: str) -> None:
     say(f"(d) {verdict}; train.py: {backend}; {agreement}")
 
 
-# ---- (e) the CUDA graph probe ----------------------------------------------------------------------
+# ---- (e) graphs exact ------------------------------------------------------------------------------
 
-def part_graph_probe(mode: Mode) -> None:
-    """graph_probe at (b)'s float32 sizes against train.py's step and the nn.LSTM script; last, so
-    that a capture that goes wrong leaves the other parts' figures alone."""
+def part_graph_exactness(mode: Mode) -> None:
+    """graph_distance at (b)'s sizes: train.py's graphed step against its eager step, bit for bit."""
     for config in mode.train_configs:
         vocab, layers, size = config
-        what = f"graph probe chars/s, lstm {layers}x{size} V={vocab:,}"
-        if mode.device.type != "cuda":
+        what = f"graphed step's weights from eager's, lstm {layers}x{size} V={vocab:,}"
+        if not graphs_used(True, mode.device, False):
             ROWS.append(Row("(e)", what, note="skipped: no CUDA graphs on the CPU"))
             continue
-        if not enough_time(mode, 0.02):
-            ROWS.append(Row("(e)", what, note="skipped: the time budget ran out"))
-            continue
-        try:
-            graph_step, distance = graph_probe(config, mode)
-        except Exception as error:  # capture may be refused: that is the probe's finding
-            ROWS.append(Row("(e)", what, note=f"capture FAILED: {type(error).__name__}: "
-                                                f"{(str(error).splitlines() or [''])[0][:160]}"))
-            continue
-        makers: dict[str, Callable[[], Step]] = {"graph": functools.partial(lambda step: step, graph_step),
-                                                 "ours": functools.partial(ours_step, config, mode, "fp32"),
-                                                 "nn": functools.partial(nn_step, config, mode, "fp32")}
-        failures: dict[str, str] = {}
-        speed = {name: mode.batch * mode.seq / value for name, value in median_seconds(makers, mode, failures).items()}
-        ROWS.append(Row("(e)", what, {"fp32": rate(speed["graph"]) if "graph" in speed else "-",
-                                      "ref fp32": rate(speed["nn"]) if "nn" in speed else "-",
-                                      "x fp32": ratio(speed.get("graph"), speed.get("nn"))},
-                        "; ".join([f"ref: the nn.LSTM script; train.py's step uncaptured: "
-                                   f"{rate(speed['ours']) if 'ours' in speed else '-'}", distance,
-                                   *(f"{name} FAILED: {error}" for name, error in failures.items())])))
-        say(f"(e) {what}: " + ", ".join(f"{name} {rate(value)}" for name, value in speed.items()) + f"; {distance}")
+        distance = graph_distance(config, mode)
+        ROWS.append(Row("(e)", what, {"fp32": f"{distance:.1e}"},
+                        f"after {2 * GRAPH_WARMUP + 8} steps" + ("" if distance == 0 else "; NOT EXACT: FAILED")))
+        say(f"(e) {what}: {distance:.1e}")
         torch.cuda.empty_cache()
 
 
@@ -726,7 +676,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
         for name, part in (("(a)", part_tests), ("(b)", part_training), ("(b)", lambda m: part_command(m, folder)),
                            ("(c)", part_sampling), ("(d)", lambda m: part_two_processes(m, folder)),
-                           ("(e)", part_graph_probe)):
+                           ("(e)", part_graph_exactness)):
             guarded(name, part, mode)
     print_table()
     return 0 if all("FAILED" not in row.note and "OVER" not in row.note for row in ROWS) else 1

@@ -361,6 +361,8 @@ CASES = [
          ("-grad_clip", "-grad_norm", "not both")),
     *(Case(f"tr_{option[1:]}_negative", "train.py", [*DATA, option, "-1"], data, (option,))
       for option in ("-keep", "-val_max_batches", "-overfit_patience", "-early_stop")),
+    *(Case(f"tr_{option[1:]}_2", "train.py", [*DATA, option, "2"], data, (option, "must be 0 or 1, not 2"))
+      for option in ("-accurate_gpu_timing", "-cuda_graphs")),
     Case("tr_print_every_negative", "train.py", [*DATA, "-print_every", "-1"], data, ("-print_every", "-1")),
     Case("tr_dropout_1", "train.py", [*DATA, "-dropout", "1"], data, ("-dropout", "1")),
     Case("tr_dropout_nan", "train.py", [*DATA, "-dropout", "nan"], data, ("-dropout", "nan")),

@@ -392,6 +392,9 @@ class ScriptsOnCuda(unittest.TestCase):
                                           "-checkpoint_dir", "full_dropout"),
                     "half_dropout": train(*LONGER, "-max_epochs", "1", "-dropout", "0.3", "-gpuid", "0",
                                           "-checkpoint_dir", "half_dropout"),
+                    **{name: train(*LONGER, "-max_epochs", "2", "-dropout", "0.3", "-learning_rate_decay_after", "1",
+                                   "-cuda_graphs", graphs, "-gpuid", "0", "-checkpoint_dir", name)
+                       for name, graphs in (("graphed", "1"), ("eager", "0"))},
                     "two": cls.pool.submit(torchrun, 2, *LONGER, "-max_epochs", "1", "-gpuid", "0",
                                            "-checkpoint_dir", "two", cwd=here, env=one_gpu)}
         for dropout in ("", "_dropout"):
@@ -440,6 +443,19 @@ class ScriptsOnCuda(unittest.TestCase):
                     assert torch.equal(actual["state_dict"][name], weight), name
                 for a, b in zip(actual["resume"]["hidden"], expected["resume"]["hidden"], strict=True):
                     assert torch.equal(a, b)
+
+    def test_steps_replayed_as_cuda_graphs_are_the_eager_steps_bit_for_bit(self):
+        """With dropout and a learning-rate decay at epoch 1 (the graph captured again after it)."""
+        graphed, eager = self.result("graphed"), self.result("eager")
+        assert "could not be captured" not in graphed.stdout
+        assert losses(graphed) == losses(eager) and len(losses(eager)) > 10
+        assert "decayed learning rate" in eager.stdout
+        expected = torch.load(self.folder / "eager" / "lm_epoch2.pt", weights_only=True)
+        actual = torch.load(self.folder / "graphed" / "lm_epoch2.pt", weights_only=True)
+        for name, weight in expected["state_dict"].items():
+            assert torch.equal(actual["state_dict"][name], weight), name
+        assert actual["resume"]["rng"].equal(expected["resume"]["rng"])
+        assert actual["resume"]["cuda_rng"].equal(expected["resume"]["cuda_rng"])
 
     def test_two_processes_on_one_gpu_match_one(self):
         two, one = self.result("two"), self.result("half")

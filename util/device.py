@@ -112,7 +112,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """The context for a model's forward pass: bfloat16 autocast for -precision bf16, else none;
     none on a GPU without bfloat16 arithmetic either (check_precision's notice says so)."""
     if precision == "bf16" and bf16_capable(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # no cast cache on CUDA: a step captured as a CUDA graph must cast inside the graph
+        # (torch.cuda.make_graphed_callables asks the same of autocast)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=device.type != "cuda")
     return contextlib.nullcontext()
 
 

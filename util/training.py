@@ -1,10 +1,12 @@
 """The pieces of char-rnn's training that train.py, evaluate.py and the benchmarks share: the
-optimizer, one batch's forward and backward pass, a split's mean loss, what a run has done so far,
-the stop request of Ctrl-C / SIGTERM and the CSV log of every iteration."""
+optimizer, one batch's forward and backward pass, the training step (eager or replayed as a CUDA
+graph), a split's mean loss, what a run has done so far, the stop request of Ctrl-C / SIGTERM and
+the CSV log of every iteration."""
+import contextlib
 import csv
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -17,9 +19,11 @@ from util.device import autocast
 from util.errors import UserError
 
 
-def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: float) -> torch.optim.RMSprop:
-    """char-rnn's optim.rmsprop: PyTorch's RMSprop with decay_rate as alpha and char-rnn's epsilon."""
-    return torch.optim.RMSprop(params, lr=learning_rate, alpha=decay_rate, eps=1e-8)
+def rmsprop(params: list[torch.nn.Parameter], learning_rate: float, decay_rate: float,
+            capturable: bool = False) -> torch.optim.RMSprop:
+    """char-rnn's optim.rmsprop: PyTorch's RMSprop with decay_rate as alpha and char-rnn's epsilon;
+    `capturable` for a step captured in a CUDA graph (its step count kept on the GPU; same updates)."""
+    return torch.optim.RMSprop(params, lr=learning_rate, alpha=decay_rate, eps=1e-8, capturable=capturable)
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state: State,
@@ -46,6 +50,120 @@ def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> torch.Tensor:
     tensor on the weights' device: reading it is the caller's choice)."""
     grads = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
     return grads / torch.stack([p.detach().norm() for p in params]).norm()
+
+
+def cuda_graph(body: Callable[[], None]) -> Callable[[], None]:
+    """`body`'s kernels captured in a CUDA graph (recorded, not run); returns the graph's replay,
+    which runs them all again, in one launch, on the tensors they were captured on."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
+
+
+def graphs_used(requested: bool, device: torch.device, distributed: bool) -> bool:
+    """Whether train.py replays its steps as CUDA graphs (TrainingStep): when asked (-cuda_graphs, on
+    by default), on a CUDA device, in one process (under torchrun DDP's all-reduce runs between
+    the backward pass and the update, outside any graph)."""
+    return requested and device.type == "cuda" and not distributed
+
+
+GRAPH_WARMUP = 3  # eager steps before a capture, on a side stream, as torch.cuda.graphs asks
+
+
+class TrainingStep:
+    """One iteration's update: forward_backward, the progress figure (grad_param_norm_ratio, before
+    the update) and the optimizer's step. Returns the loss, the figure when `printing` and the state
+    to carry, all left on the device.
+
+    `graphed` (train.py's -cuda_graphs on a CUDA device, one process): after GRAPH_WARMUP eager
+    steps the whole update is captured once as a CUDA graph (cuda_graph) and replayed for every
+    batch, one launch instead of the hundreds a char-rnn-sized step makes. The graph reads the batch
+    and the carried state from tensors of its own, into which each call copies them, and writes the
+    next state there (the state returned is those tensors: the next call's copy is then skipped).
+    The learning rate is a constant of the captured kernels, so a decay captures the graph again.
+    A capture that fails gives a notice and the run goes on eager."""
+
+    def __init__(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                 precision: str, grad_norm: float, graphed: bool, say: Callable[..., None] = print):
+        self.network, self.optimizer, self.graphed, self.say = network, optimizer, graphed, say
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.grad_clip, self.precision, self.grad_norm = grad_clip, precision, grad_norm
+        self.eager_steps = 0
+        self.replay: Callable[[], None] | None = None
+        self.captured_rate: float | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.state: State = ()
+        self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None  # the loss and the figure
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, state: State,
+                 printing: bool) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        if not self.graphed or self.eager_steps < GRAPH_WARMUP:
+            self.eager_steps += 1
+            with side_stream(x.device) if self.graphed else contextlib.nullcontext():
+                return self.eager(x, y, state, printing)
+        rate = self.optimizer.param_groups[0]["lr"]
+        if self.replay is None or rate != self.captured_rate:
+            self.capture(x, y, state)
+            if self.replay is None:
+                return self.eager(x, y, state, printing)
+            self.captured_rate = rate
+        assert self.inputs is not None and self.replay is not None
+        for static, given in zip((*self.inputs, *self.state), (x, y, *state), strict=True):
+            if static is not given:
+                static.copy_(given)
+        self.replay()
+        assert self.outputs is not None  # set as the body was captured
+        loss, norm_ratio = self.outputs
+        return loss.clone(), norm_ratio.clone() if printing else None, self.state
+
+    def eager(self, x: torch.Tensor, y: torch.Tensor, state: State,
+              printing: bool) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        loss, state = self.forward_backward(x, y, state)
+        norm_ratio = grad_param_norm_ratio(self.params) if printing else None
+        self.optimizer.step()
+        return loss, norm_ratio, state
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return forward_backward(self.network, x, y, state, self.grad_clip, self.precision, self.grad_norm)
+
+    def capture(self, x: torch.Tensor, y: torch.Tensor, state: State) -> None:
+        """The update captured on tensors of its own (kept from an earlier capture), or, when the
+        capture fails, the notice and no graph from then on."""
+        if self.inputs is None:
+            self.inputs, self.state = (x.clone(), y.clone()), tuple(part.clone() for part in state)
+
+        def body() -> None:
+            assert self.inputs is not None
+            loss, new_state = self.forward_backward(*self.inputs, self.state)
+            norm_ratio = grad_param_norm_ratio(self.params)
+            self.optimizer.step()
+            for part, new in zip(self.state, new_state, strict=True):
+                part.copy_(new)
+            self.outputs = loss, norm_ratio
+
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients then live in the graph's memory
+        try:
+            self.replay = cuda_graph(body)
+        except RuntimeError as error:
+            self.graphed, self.replay = False, None
+            self.say(f"notice: the training step could not be captured as a CUDA graph "
+                     f"({(str(error).splitlines() or [''])[0][:160]}); training goes on without one "
+                     f"(-cuda_graphs 0 asks for that)")
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """Where the eager steps before a capture run: a CUDA stream of their own that the current one
+    then waits for (torch.cuda.graphs' warm-up); no other stream on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)
 
 
 READBACK_WINDOW = 16  # iterations (or generated characters) a GPU runs ahead of the numbers read for them
