@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from util.charmodel import CharModel, Request
 from util.copycheck import Corpus, read_corpus, report_line
-from util.device import GPU_OPTIONS, configure_cpu, manual_seed, select_device
+from util.device import CUDA_GRAPHS_OPTION, GPU_OPTIONS, configure_cpu, graphs_requested, manual_seed, select_device
 from util.errors import UserError, diagnostic, run_main
 from util.files import read_regular, replaced_atomically
 from util.options import Option, parse_options
@@ -45,6 +45,7 @@ OPTIONS = [
     Option("interactive", 0, "read a primetext per line from stdin and print a continuation of each"),
     Option("skip_unk", 0, "1 = drop primetext characters missing from the vocabulary, with a warning"),
     *GPU_OPTIONS,
+    CUDA_GRAPHS_OPTION,
     Option("verbose", 1, "0 = print only the generated text; diagnostics go to stderr"),
 ]
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> None:
     opt = parse_options(argv, "sample.py", "Sample text from a trained character model.", OPTIONS,
                         positional=[("checkpoint", "model checkpoint to sample from")]).values
     check_output(opt)
+    graphs = graphs_requested(opt.cuda_graphs)
     manual_seed(opt.seed)  # the seed's range checked; torch's own generator also seeded, as before
     model = CharModel.load(opt.checkpoint)
     if opt.interactive and (opt.primetext or opt.primefile):
@@ -60,6 +62,7 @@ def main(argv: list[str]) -> None:
     request = make_request(model, opt, [] if opt.interactive else prime_ids(model, opt))
     corpus = copy_corpus(model, opt.check_copy)
     model.to(select_device(opt.gpuid, opt.opencl, log=diagnostic))  # after every check of the options
+    model.cuda_graphs = graphs
     # A step's products are small: below about MANY_STREAMS rows a second thread costs more in
     # hand-over than it saves (bench/sample_speed.py), and on a busy machine far more.
     configure_cpu(0 if max(request.num_samples, request.beam_size) >= MANY_STREAMS else 1)

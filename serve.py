@@ -4,7 +4,7 @@
     python serve.py cv/lm_epoch30.pt             # then open http://127.0.0.1:8080/
 """
 from util.charmodel import CharModel
-from util.device import GPU_OPTIONS, configure_cpu, select_device
+from util.device import CUDA_GRAPHS_OPTION, GPU_OPTIONS, configure_cpu, graphs_requested, select_device
 from util.errors import UserError, diagnostic, run_main
 from util.options import Option, parse_options
 from util.server import Limits, open_server, serve_until_stopped, url
@@ -16,6 +16,7 @@ OPTIONS = [
     Option("max_samples", 10, "most completions one /generate request may ask for (its n)"),
     Option("threads", 1, "CPU threads of each generation's kernels; 0 (or negative) = all cores"),
     *GPU_OPTIONS,
+    CUDA_GRAPHS_OPTION,
     Option("quiet", 0, "no line per request on stderr (a flag: -quiet alone means 1)", value_type=bool),
 ]
 
@@ -26,12 +27,14 @@ def main(argv: list[str]) -> None:
     for name in ("max_length", "max_samples"):
         if getattr(opt, name) < 1:
             raise UserError(f"-{name} must be 1 or more, not {getattr(opt, name)}")
+    graphs = graphs_requested(opt.cuda_graphs)
     device = select_device(opt.gpuid, opt.opencl, log=diagnostic)
     # One character at a time, every product is tiny, and each request has its own thread: one
     # kernel thread per generation serves concurrent clients best (bench/serve_load.py).
     configure_cpu(opt.threads)
     try:
         model = CharModel.load(opt.checkpoint, str(device))
+        model.cuda_graphs = graphs
     except KeyboardInterrupt:  # Ctrl-C while loading: stopped, as later
         print("stopped", flush=True)
         return

@@ -37,11 +37,13 @@ from util.checkpoint import (
 )
 from util.data import SCHEMES, BatchLoader, codec_key, data_source, load_training_data
 from util.device import (
+    CUDA_GRAPHS_OPTION,
     GPU_OPTIONS,
     PRECISION_OPTION,
     THREADS_OPTION,
     check_precision,
     configure_cpu,
+    graphs_requested,
     manual_seed,
     memory_bytes,
     select_device,
@@ -119,8 +121,7 @@ OPTIONS = [
     Option("sample_length", 50, "characters per sample, after its prefix"),
     Option("sample_temperature", 1.0, "temperature of the samples; 0 = the most likely character (argmax)"),
     Option("accurate_gpu_timing", 0, "1 = synchronize the GPU before reading the per-batch timer"),
-    Option("cuda_graphs", 1, "1 = on a CUDA device, replay each training step as one captured CUDA graph "
-                             "(not under torchrun); 0 = launch its kernels one by one"),
+    CUDA_GRAPHS_OPTION,
     *GPU_OPTIONS,
     THREADS_OPTION,
     PRECISION_OPTION,
@@ -147,9 +148,9 @@ def check_options(opt: SimpleNamespace, given: set[str]) -> None:
     for name in ("keep", "val_max_batches", "overfit_patience", "early_stop", "sample_every", "sample_length"):
         if getattr(opt, name) < 0:
             raise UserError(f"-{name} must be 0 or more, not {getattr(opt, name)}")
-    for name in ("accurate_gpu_timing", "cuda_graphs"):
-        if getattr(opt, name) not in (0, 1):
-            raise UserError(f"-{name} must be 0 or 1, not {getattr(opt, name)}")
+    if opt.accurate_gpu_timing not in (0, 1):
+        raise UserError(f"-accurate_gpu_timing must be 0 or 1, not {opt.accurate_gpu_timing}")
+    graphs_requested(opt.cuda_graphs)
     for name in ("dropout", "decay_rate"):
         if not 0 <= getattr(opt, name) < 1:
             raise UserError(f"-{name} must be in [0, 1), not {lua_number(getattr(opt, name))}")
@@ -297,7 +298,7 @@ def set_up(opt: SimpleNamespace, given: set[str], resume: dict | None, ranks: di
     prefixes = sample_prefixes(opt.sample_prime, vocab)
     model = starting_model(opt, given, vocab, start, device, say).to(device)
     network = DistributedDataParallel(model, process_group=ranks.group) if ranks.active else model
-    graphed = graphs_used(bool(opt.cuda_graphs), device, ranks.active)
+    graphed = graphs_used(graphs_requested(opt.cuda_graphs), device, ranks.active)
     optimizer = rmsprop(list(model.parameters()), opt.learning_rate, opt.decay_rate, capturable=graphed)
     run = Run(opt, ranks, device, source, vocab, loader, model, network, optimizer, graphed, rows,
               int(opt.max_epochs * loader.n_batches("train")), say, prefixes)

@@ -15,8 +15,9 @@ no internet, one table at the end.
       nn.LSTM script also with PyTorch's defaults (cuDNN's RNNs in TF32). Then the user's command,
       `train.py -rnn_size 256 -num_layers 2` on the lyrics, its time/batch in fp32 and bf16 (with
       -accurate_gpu_timing 1: time/batch is otherwise the time to queue a step).
-  (c) sampling characters per second: util.generate.sample_steps (sample.py's loop) with 1 and 64
-      streams, against stepping nn.LSTM with one stream.
+  (c) sampling characters per second: util.generate.sample_steps (sample.py's loop, its windows
+      replayed as CUDA graphs) with 1 and 64 streams, one stream also with graphs off, against
+      stepping nn.LSTM with one stream.
   (d) two processes on one GPU: whether NCCL takes them (a bare all_reduce under torchrun), then
       train.py under torchrun against one process: its losses and its speed.
   (e) graphs exact: how far the weights of (b)'s float32 step replayed as a CUDA graph are from the
@@ -463,11 +464,13 @@ def option(args: tuple[str, ...], name: str, default: str) -> str:
 
 # ---- (c) sampling speed ----------------------------------------------------------------------------
 
-def sampler(model: CharRNN, streams: int, chars: int, device: torch.device) -> Callable[[], int]:
-    """sample.py's loop for `streams` streams of `chars` characters; returns the characters made."""
+def sampler(model: CharRNN, streams: int, chars: int, device: torch.device,
+            graphs: bool = True) -> Callable[[], int]:
+    """sample.py's loop for `streams` streams of `chars` characters, its windows replayed as CUDA
+    graphs as sample.py does by default (or not: -cuda_graphs 0); returns the characters made."""
     def run() -> int:
         generators = stream_generators(list(range(streams)), device, 0)
-        for _ in sample_steps(model, [0], chars, Sampling(TEMPERATURE), generators):
+        for _ in sample_steps(model, [0], chars, Sampling(TEMPERATURE), generators, graphs=graphs):
             pass
         return streams * chars
     return run
@@ -513,14 +516,15 @@ def part_sampling(mode: Mode) -> None:
         model.to(mode.device).eval()
         one = best_rate(sampler(model, 1, mode.sample_chars, mode.device))
         many = best_rate(sampler(model, 64, mode.sample_chars, mode.device))
+        eager = best_rate(sampler(model, 1, mode.sample_chars, mode.device, graphs=False))
         reference = best_rate(nn_sampler(config, mode.sample_chars, mode.device))
         ROWS.append(Row("(c)", f"sample chars/s, lstm {layers}x{size} V={vocab:,}, 1 stream",
                         {"fp32": rate(one), "ref fp32": rate(reference), "x fp32": ratio(one, reference)},
-                        "ref: stepping nn.LSTM"))
+                        f"ref: stepping nn.LSTM; graphs off {rate(eager)} ({ratio(one, eager)} from graphs)"))
         ROWS.append(Row("(c)", f"sample chars/s, lstm {layers}x{size} V={vocab:,}, 64 streams",
                         {"fp32": rate(many)}, f"{many / one:.1f}x one stream (all streams' characters)"))
-        say(f"(c) lstm {layers}x{size} V={vocab}: 1 stream {rate(one)}, 64 streams {rate(many)}, "
-            f"nn.LSTM {rate(reference)} chars/s")
+        say(f"(c) lstm {layers}x{size} V={vocab}: 1 stream {rate(one)} (graphs off {rate(eager)}), "
+            f"64 streams {rate(many)}, nn.LSTM {rate(reference)} chars/s")
 
 
 # ---- (d) two processes on one GPU --------------------------------------------------------------------

@@ -471,6 +471,8 @@ CASES = [
          ("-temperature", "0")),
     Case("sa_temperature_nan", "sample.py", ["ck.pt", "-temperature", "nan"], with_checkpoint,
          ("-temperature",)),
+    Case("sa_cuda_graphs_2", "sample.py", ["ck.pt", "-cuda_graphs", "2"], with_checkpoint,
+         ("-cuda_graphs", "must be 0 or 1, not 2")),
     Case("sa_length_type", "sample.py", ["ck.pt", "-length", "ten"], with_checkpoint,
          ("-length", "ten")),
     Case("sa_seed_overflow", "sample.py", ["ck.pt", "-gpuid", "-1", "-seed", str(2 ** 64)],

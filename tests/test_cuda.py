@@ -1,7 +1,8 @@
 """CUDA against the CPU reference (issue 20): every cell (lstm, gru, rnn) and every path of
 model/char_rnn.py's table, at vocabularies 65 and 2,583 (its two columns), in IEEE float32 (TF32 off,
 as util.device.select_device sets up a CUDA device); the carried state; -precision bf16; generation
-with 1 and 64 streams; train.py, sample.py and -resume on -gpuid 0; two processes on one GPU.
+with 1 and 64 streams, also replayed as CUDA graphs; train.py, sample.py and -resume on -gpuid 0;
+two processes on one GPU.
 
 Written with unittest, not pytest's functions, so that bench/gpu_check.sh can run it with the
 standard library alone on a GPU machine that has no pytest (from the repository root:
@@ -10,6 +11,7 @@ torch.cuda.is_available() is False every CUDA test is skipped with the reason (p
 ReferenceHarnessOnCpu runs the same checks with the CPU as the device under test, so that their
 code is exercised on every machine.
 """
+import contextlib
 import copy
 import os
 import re
@@ -19,14 +21,16 @@ import sys
 import tempfile
 import unittest
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from model import CharRNN
 from model.char_rnn import KERNEL_ONE_HOT_LIMIT, Stepper
+from util import generate
 from util.device import bf16_capable, select_device, use_ieee_float32
 from util.generate import Sampling, sample_steps, stream_generators
 from util.training import forward_backward
@@ -189,6 +193,40 @@ def check_stream_alone_and_among_many(device: torch.device, vocab: int, streams:
         assert [step[k] for step in drawn] == [step[0] for step in alone], f"stream {k} of {streams}, V={vocab}"
 
 
+@contextlib.contextmanager
+def captures_counted() -> Iterator[list]:
+    """A list that holds the replay of every capture util.generate makes meanwhile (one that raised
+    is not counted: sample_steps then goes on without a graph, with the same characters)."""
+    captured: list = []
+    real_capture = generate.cuda_graph
+
+    def counted(body: Callable[[], None]) -> Callable[[], None]:
+        replay = real_capture(body)
+        captured.append(replay)
+        return replay
+
+    with mock.patch.object(generate, "cuda_graph", counted):
+        yield captured
+
+
+GRAPH_SAMPLINGS = ((Sampling(0.8), 1, 100), (Sampling(0.7, top_k=5, top_p=0.9), 64, 70),
+                   (Sampling(sample=False), 3, 50))
+
+
+def check_graphed_generation(device: torch.device, cell: str, vocab: int) -> int:
+    """sample_steps with graphs (util.generate.SamplingGraph on CUDA) gives the characters it gives
+    without, for draws, filters and the argmax at 1, 64 and 3 streams, each longer than two windows.
+    Returns how many captures succeeded (one per generation on CUDA, none on the CPU)."""
+    model = random_model(cell, vocab, 2).eval().to(device)
+    with captures_counted() as captured:
+        for sampling, streams, length in GRAPH_SAMPLINGS:
+            seeds = list(range(7, 7 + streams))
+            eager, graphed = (list(sample_steps(model, [1, 2], length, sampling, stream_generators(seeds, device, 0),
+                                                graphs=graphs)) for graphs in (False, True))
+            assert graphed == eager, f"{cell} V={vocab} {sampling} x{streams}"
+    return len(captured)
+
+
 class ReferenceHarnessOnCpu(unittest.TestCase):
     """The checks with the CPU as the device under test (the CPU's fast paths against forward_steps;
     tests/test_model.py covers those in depth): keeps the CUDA checks' code working without a GPU."""
@@ -201,6 +239,7 @@ class ReferenceHarnessOnCpu(unittest.TestCase):
                 check_steps(CPU, cell, vocab, 2)
         check_strided_state(CPU, "lstm", 65)
         check_generation(CPU, 65, streams=8)
+        assert check_graphed_generation(CPU, "lstm", 65) == 0
         check_stream_alone_and_among_many(CPU, 2583, streams=8)
 
 
@@ -280,6 +319,26 @@ class PathsOnCuda(unittest.TestCase):
         for vocab in VOCABS:
             with self.subTest(vocab=vocab):
                 check_generation(self.device, vocab)
+
+    def test_sampling_replayed_as_cuda_graphs_gives_the_eager_characters(self):
+        for cell in CELLS:
+            for vocab in VOCABS:
+                with self.subTest(cell=cell, vocab=vocab):
+                    assert check_graphed_generation(self.device, cell, vocab) == len(GRAPH_SAMPLINGS)
+
+    def test_generations_graphed_in_four_threads_at_once_are_those_made_alone(self):
+        """serve.py gives each request a thread: their captures and replays overlap."""
+        model = random_model("lstm", 65, 2).eval().to(self.device)
+
+        def generated(seed: int) -> list[list[int]]:
+            return list(sample_steps(model, [1], 300, Sampling(0.9), stream_generators([seed], self.device, 0),
+                                     graphs=True))
+
+        with captures_counted() as captured:
+            alone = [generated(seed) for seed in range(4)]
+            with ThreadPoolExecutor(4) as pool:
+                assert list(pool.map(generated, range(4))) == alone
+        assert len(captured) == 8
 
     def test_a_stream_draws_alike_alone_and_among_64(self):
         for vocab in VOCABS:

@@ -198,6 +198,72 @@ def test_characters_read_back_a_window_at_a_time_are_the_ones_read_one_at_a_time
     assert 10 <= steps_of_a_stream_closed_after(model, 10, monkeypatch) < 10 + 7
 
 
+class CountedCapture:
+    """util.training.cuda_graph's stand-in on the CPU: the body is not run at capture (as CUDA records
+    it without running it) and its replay runs it; counts the captures."""
+
+    def __init__(self, refusal: str = ""):
+        self.captures, self.refusal = 0, refusal
+
+    def __call__(self, body):
+        self.captures += 1
+        if self.refusal:
+            raise RuntimeError(self.refusal)
+        return body
+
+
+def graphs_forced_on_the_cpu(monkeypatch, capture: CountedCapture) -> None:
+    """Sampling graphed wherever asked (as on CUDA) with a window of 7, which divides none of the lengths."""
+    monkeypatch.setattr(generate, "readback_window", lambda device: 7)
+    monkeypatch.setattr(generate, "sampling_graphed", lambda requested, device, length, window: requested)
+    monkeypatch.setattr(generate, "cuda_graph", capture)
+
+
+def graph_texts(model: CharModel) -> tuple:
+    """Generations of every kind that sample_steps runs: streams, filters, argmax, stop texts, a stream."""
+    stop = model.generate(PRIME, 300, seed=6)[0][100:103]
+    return (model.generate(PRIME, 203, num_samples=3, seed=5),
+            model.generate(PRIME, 200, num_samples=2, seed=2, temperature=0.7, top_k=5, top_p=0.9),
+            model.generate(PRIME, 400, num_samples=3, seed=2, stop="\n"),
+            list(model.stream(PRIME, 300, seed=6, stop=stop)),
+            model.generate(PRIME, 50, sample=False),
+            model.generate("", 1, seed=3))
+
+
+def test_windows_replayed_as_cuda_graphs_give_the_characters_of_eager_steps(model, monkeypatch):
+    """On CUDA each window of sampling steps is replayed as one captured graph (SamplingGraph): the
+    same texts as eager steps, one capture per generation (none with cuda_graphs off)."""
+    monkeypatch.setattr(generate, "readback_window", lambda device: 7)
+    eager = graph_texts(model)
+    capture = CountedCapture()
+    graphs_forced_on_the_cpu(monkeypatch, capture)
+    assert graph_texts(model) == eager
+    assert capture.captures == 7
+    monkeypatch.setattr(model, "cuda_graphs", False)
+    assert graph_texts(model) == eager
+    assert capture.captures == 7
+
+
+def test_a_sampling_graph_that_cannot_be_captured_gives_a_notice_and_the_same_text(model, monkeypatch, capsys):
+    monkeypatch.setattr(generate, "readback_window", lambda device: 7)
+    eager = model.generate(PRIME, 100, num_samples=2, seed=4)
+    graphs_forced_on_the_cpu(monkeypatch, CountedCapture("CUDA error: operation not permitted when stream is "
+                                                         "capturing\nmore"))
+    assert model.generate(PRIME, 100, num_samples=2, seed=4) == eager
+    assert capsys.readouterr().err == ("notice: sampling could not be captured as a CUDA graph (CUDA error: "
+                                       "operation not permitted when stream is capturing); it goes on without "
+                                       "one (-cuda_graphs 0 asks for that)\n")
+
+
+def test_sampling_is_graphed_only_on_cuda_when_asked_and_for_more_than_two_windows():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert generate.sampling_graphed(True, cuda, 33, 16)
+    assert not generate.sampling_graphed(True, cuda, 32, 16)
+    assert not generate.sampling_graphed(False, cuda, 2000, 16)
+    assert not generate.sampling_graphed(True, cpu, 2000, 1)
+    assert not generate.sampling_graphed(True, torch.device("mps"), 2000, 16)
+
+
 # ---- beam search -------------------------------------------------------------------------------------
 
 def exhaustive_best(network, prime: list[int], length: int, stop: list[int]) -> tuple[list[int], float]:

@@ -377,6 +377,7 @@ def test_user_errors_at_start_up(folder, base, monkeypatch):
              (["-port", str(port)], f"cannot listen on 127.0.0.1:{port}: Address already in use"),
              (["-max_samples", "0"], "-max_samples must be 1 or more, not 0"),
              (["-max_length", "-5"], "-max_length must be 1 or more, not -5"),
+             (["-cuda_graphs", "2"], "-cuda_graphs must be 0 or 1, not 2"),
              (["-host", "no-such-host.invalid"], "cannot listen on -host 'no-such-host.invalid'")]
     for options, message in cases:
         with pytest.raises(UserError) as error:

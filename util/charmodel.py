@@ -44,6 +44,7 @@ class CharModel:
         self.model, self.vocab, self.path = model.eval(), vocab, path
         self.training_text = training_text  # the text it was trained on, where that file still exists
         self.device = model.decoder.weight.device
+        self.cuda_graphs = True  # sampling on CUDA replays its steps as CUDA graphs (util.generate.sample_steps)
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> "CharModel":
@@ -146,7 +147,8 @@ class CharModel:
         if request.beam_size:
             return beam_search(self.model, request.prime, request.length, request.beam_size, request.stop,
                                request.num_samples)
-        steps = sample_steps(self.model, request.prime, request.length, request.sampling, self.generators(request))
+        steps = sample_steps(self.model, request.prime, request.length, request.sampling, self.generators(request),
+                             graphs=self.cuda_graphs)
         if not request.stop:
             return [list(ids) for ids in zip(*steps, strict=True)] or [[] for _ in range(request.num_samples)]
         streams: list[list[int]] = [[] for _ in range(request.num_samples)]
@@ -166,7 +168,7 @@ class CharModel:
         ids: list[int] = []
         sent = 0
         for step in sample_steps(self.model, request.prime, request.length, request.sampling,
-                                 self.generators(request)[:1]):
+                                 self.generators(request)[:1], graphs=self.cuda_graphs):
             ids.append(step[0])
             if request.stop and ids[-len(request.stop):] == request.stop:
                 yield ids[sent:len(ids) - len(request.stop)]

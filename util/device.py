@@ -17,6 +17,9 @@ GPU_OPTIONS = [
     Option("gpuid", 0, "which gpu to use. -1 = use CPU"),
     Option("opencl", 0, "use OpenCL (instead of CUDA): not available, falls back with a notice"),
 ]
+CUDA_GRAPHS_OPTION = Option("cuda_graphs", 1, "1 = on a CUDA device, replay each training step (not under "
+                                              "torchrun) and each window of generated characters as one captured "
+                                              "CUDA graph; 0 = launch their kernels one by one")
 THREADS_OPTION = Option("threads", 0, "CPU threads; 0 (or negative) = all cores")
 PRECISION_OPTION = Option("precision", "fp32", "fp32, or bf16: matrix products in bfloat16 (autocast); weights, "
                                                "gradients and optimizer stay fp32")
@@ -24,6 +27,13 @@ PRECISIONS = ("fp32", "bf16")
 # Ampere's: the first GPUs with bfloat16 arithmetic. torch.cuda.is_bf16_supported() also says True on
 # older ones (emulation counts), where older torch's bfloat16 autocast raises instead of running.
 BF16_CAPABILITY = (8, 0)
+
+
+def graphs_requested(cuda_graphs: int) -> bool:
+    """-cuda_graphs as given (CUDA_GRAPHS_OPTION): a UserError unless it is 0 or 1."""
+    if cuda_graphs not in (0, 1):
+        raise UserError(f"-cuda_graphs must be 0 or 1, not {cuda_graphs}")
+    return bool(cuda_graphs)
 
 
 def select_device(gpuid: int, opencl: int = 0, log: Callable[[str], None] = print,

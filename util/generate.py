@@ -14,6 +14,10 @@ each read waits for every kernel queued, and a step of char-rnn's sizes is mostl
 read per character would leave the GPU idle while the host queues the next step. The characters are
 the same; a consumer that stops early has had up to a window of steps computed in vain.
 
+On CUDA (`graphs`, sample.py's -cuda_graphs) a window of steps is captured once as a CUDA graph
+(SamplingGraph) and replayed, one launch where a step of char-rnn's sizes makes dozens; the noise is
+still drawn outside it, from the same generators in the same blocks, so the characters are the same.
+
 Beam search keeps the `beam_size` most probable continuations at every step.
 """
 from collections.abc import Iterator
@@ -23,7 +27,8 @@ import torch
 
 from model import CharRNN
 from model.char_rnn import Stepper
-from util.training import readback_window
+from util.errors import diagnostic
+from util.training import cuda_graph, readback_window, side_stream
 
 DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer when the block would be large)
 DRAW_BLOCK_FLOATS = 1 << 22
@@ -71,12 +76,24 @@ class Noise:
 
     def next(self) -> torch.Tensor:
         """The noise for one step, (streams, V)."""
+        self.refill_when_used()
+        self.used += 1
+        return self.block[:, self.used - 1]
+
+    def fill(self, out: torch.Tensor) -> None:
+        """out (streams, steps, V) filled with the next steps' noise: what `next` would give for each."""
+        done, steps = 0, out.shape[1]
+        while done < steps:
+            self.refill_when_used()
+            count = min(steps - done, self.block_steps - self.used)
+            out[:, done:done + count].copy_(self.block[:, self.used:self.used + count])
+            self.used, done = self.used + count, done + count
+
+    def refill_when_used(self) -> None:
         if self.used == self.block_steps:
             for row, generator in zip(self.block, self.generators, strict=True):
                 row.exponential_(generator=generator)
             self.used = 0
-        self.used += 1
-        return self.block[:, self.used - 1]
 
 
 def stream_generators(seeds: list[int], device: torch.device, skip: int) -> list[torch.Generator]:
@@ -92,29 +109,100 @@ def stream_generators(seeds: list[int], device: torch.device, skip: int) -> list
 
 
 def sample_steps(model: CharRNN, prime: list[int], length: int, sampling: Sampling,
-                 generators: list[torch.Generator], window: int | None = None) -> Iterator[list[int]]:
+                 generators: list[torch.Generator], window: int | None = None,
+                 graphs: bool = False) -> Iterator[list[int]]:
     """The characters of len(generators) streams after `prime` (ids), one step at a time: each step's
     list holds one id per stream. Stream k draws from generators[k]. The model must be in eval mode;
     nothing of its training state is touched. Stop iterating to stop generating. The steps are read
-    back from the device `window` at a time (the device's readback_window unless given)."""
+    back from the device `window` at a time (the device's readback_window unless given); `graphs`
+    replays each window as a CUDA graph where sampling_graphed says so."""
     streams, device = len(generators), model.decoder.weight.device
     window = readback_window(device) if window is None else window
     with torch.inference_mode():
         stepper = Stepper(model)
         logits, state = primed(stepper, prime, streams, device)
         noise = Noise(generators, model.vocab_size, length, device) if sampling.sample else None
+        graph = SamplingGraph.made(stepper, sampling, logits, state, window, noise is not None) \
+            if sampling_graphed(graphs, device, length, window) else None
+        if graph is not None:
+            for done in range(0, length, window):
+                if noise is not None and graph.noise is not None:
+                    noise.fill(graph.noise)
+                graph.replay()
+                yield from graph.tokens.tolist()[:length - done]
+            return
         unread: list[torch.Tensor] = []
         for n in range(length):
-            if noise is None:
-                tokens = logits.argmax(dim=-1)
-            else:
-                tokens = (filtered_probabilities(logits, sampling) / noise.next()).argmax(dim=-1)
+            tokens = next_tokens(logits, sampling, None if noise is None else noise.next())
             unread.append(tokens)
             if len(unread) == window or n + 1 == length:
                 yield from torch.stack(unread).tolist() if len(unread) > 1 else [tokens.tolist()]
                 unread.clear()
             if n + 1 < length:
                 logits, state = stepper.step(tokens, state)
+
+
+def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | None) -> torch.Tensor:
+    """Each stream's next id: the argmax without noise, else the draw that the noise decides."""
+    if noise is None:
+        return logits.argmax(dim=-1)
+    return (filtered_probabilities(logits, sampling) / noise).argmax(dim=-1)
+
+
+def sampling_graphed(requested: bool, device: torch.device, length: int, window: int) -> bool:
+    """Whether sample_steps replays its windows as a CUDA graph: when asked, on a CUDA device, for
+    more than two windows of characters (the capture first runs a window of steps as its warm-up)."""
+    return requested and device.type == "cuda" and length > 2 * window
+
+
+class SamplingGraph:
+    """`window` steps of sampling captured as one CUDA graph (util.training.cuda_graph). The graph
+    starts from its own copies of the logits and the state, reads each step's noise from `noise`
+    (streams, window, V), writes each step's ids into `tokens` (window, streams) and leaves the
+    logits and state after its last step in its copies, for the next replay. Its capture follows
+    one run of the same steps on a side stream (with noise of ones), as torch.cuda.graphs asks."""
+
+    def __init__(self, stepper: Stepper, sampling: Sampling, logits: torch.Tensor, state: list,
+                 window: int, with_noise: bool):
+        streams, device = logits.shape[0], logits.device
+        self.logits = torch.empty(streams, stepper.vocab_size, device=device)
+        self.state = [tuple(torch.empty_like(part) for part in layer) for layer in state]
+        self.noise = torch.ones(streams, window, stepper.vocab_size, device=device) if with_noise else None
+        self.tokens = torch.empty(window, streams, dtype=torch.long, device=device)
+
+        def body() -> None:
+            logits, state = self.logits, self.state
+            for j in range(window):
+                tokens = next_tokens(logits, sampling, None if self.noise is None else self.noise[:, j])
+                self.tokens[j].copy_(tokens)
+                logits, state = stepper.step(tokens, state)
+            self.start_from(logits, state)
+
+        self.start_from(logits, state)
+        with side_stream(device):
+            body()
+        self.start_from(logits, state)
+        self.replay = cuda_graph(body)
+
+    @classmethod
+    def made(cls, stepper: Stepper, sampling: Sampling, logits: torch.Tensor, state: list,
+             window: int, with_noise: bool) -> "SamplingGraph | None":
+        """The graph, or None after a notice on stderr when it cannot be captured (the sampling then
+        goes on without one)."""
+        try:
+            return cls(stepper, sampling, logits, state, window, with_noise)
+        except RuntimeError as error:
+            diagnostic(f"notice: sampling could not be captured as a CUDA graph "
+                       f"({(str(error).splitlines() or [''])[0][:160]}); it goes on without one "
+                       f"(-cuda_graphs 0 asks for that)")
+            return None
+
+    def start_from(self, logits: torch.Tensor, state: list) -> None:
+        """The next replay's first step to follow these logits and this state."""
+        self.logits.copy_(logits)
+        for parts, new_parts in zip(self.state, state, strict=True):
+            for part, new in zip(parts, new_parts, strict=True):
+                part.copy_(new)
 
 
 def primed(stepper: Stepper, prime: list[int], streams: int, device: torch.device) -> tuple[torch.Tensor, list]:

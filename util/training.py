@@ -54,9 +54,11 @@ def grad_param_norm_ratio(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def cuda_graph(body: Callable[[], None]) -> Callable[[], None]:
     """`body`'s kernels captured in a CUDA graph (recorded, not run); returns the graph's replay,
-    which runs them all again, in one launch, on the tensors they were captured on."""
+    which runs them all again, in one launch, on the tensors they were captured on. Other threads
+    go on launching their own kernels meanwhile (serve.py's requests each have one): only this
+    thread's calls are checked for what a capture forbids."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         body()
     return graph.replay
 
