@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # so `import util.corpus` works however pytest was started
     sys.path.insert(0, str(REPO))
 
+from zygote import run_forked  # noqa: E402
+
 TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 """A short ASCII text with a newline-heavy layout like tiny Shakespeare (76 characters)."""
 
@@ -32,7 +34,8 @@ h5py and a tiny model (the imports alone fit in 1,000 MiB), far below what a hos
 
 
 def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,
-               env: dict | None = None, memory_mb: int | None = None) -> subprocess.CompletedProcess:
+               env: dict | None = None, memory_mb: int | None = None,
+               fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `python REPO/script *args` as a user would and return the CompletedProcess.
 
     stdout/stderr are captured as text (UTF-8). `cwd` defaults to the repository root: pass a
@@ -40,7 +43,11 @@ def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, ti
     `env` entries are added to a copy of os.environ. `memory_mb` caps the script's address space
     (RLIMIT_AS): an allocation past it fails in the script, as MemoryError or a failed mmap.
     Never raises on a non-zero exit status; a run past `timeout` raises subprocess.TimeoutExpired.
+    A run without `env` and `memory_mb` is forked from a zygote (tests/zygote.py: torch already
+    imported) unless `fresh` or CHAR_RNN_TEST_SUBPROCESS=1 asks for a new interpreter.
     """
+    if not (fresh or env or memory_mb or os.environ.get("CHAR_RNN_TEST_SUBPROCESS") == "1"):
+        return run_forked(script, list(args), Path(cwd or REPO), timeout)
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=str(cwd or REPO),
                           capture_output=True, text=True, encoding="utf-8", errors="replace",

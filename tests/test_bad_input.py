@@ -11,21 +11,17 @@ Inputs that look bad but are valid (a text of carriage returns only, binary data
 -encoding bytes, a lone BOM in bytes mode) are checked for success and a round trip separately.
 
 Speed: a script run spends ~1.3 s importing torch, and there are ~80 cases. By default the cases
-run in a 'zygote': one Python that has imported torch, numpy and h5py once and forks a child per
-case, which runs the script file as __main__ (runpy) with the case's argv, cwd, stdout and stderr,
-exactly as `python script.py ...` would apart from those three modules being imported already. An
-uncaught exception prints the interpreter's traceback and exits 1, as the interpreter does. Set
-CHAR_RNN_TEST_SUBPROCESS=1 to run every case as a fresh `python script.py ...` instead.
+run in zygotes (tests/zygote.py: a Python that has imported torch, numpy and h5py once forks a
+child per case), two of the matrix's own; CHAR_RNN_TEST_SUBPROCESS=1 runs every case as a fresh
+`python script.py ...` instead. test_zygote_runs_like_a_subprocess compares the two.
 
 The option-parser properties at the end run in-process on the real option tables of the scripts.
 """
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +32,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import REPO, assert_user_error, decode_outputs, run_script
+from conftest import assert_user_error, decode_outputs, run_script
 from model import CharRNN
 from runner import Runs
 from util.checkpoint import FORMAT
@@ -45,6 +41,7 @@ from util.data import load_data_dir
 from util.errors import UserError
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
+from zygote import Zygote
 
 import preprocess as preprocess_script
 import sample as sample_script
@@ -62,84 +59,6 @@ TIMEOUT = 120
 
 
 # ---- running a case ----------------------------------------------------------------------------------
-
-ZYGOTE = r'''
-import io, json, os, runpy, signal, sys, traceback
-import h5py, numpy, torch  # the slow imports, once; nothing else runs before the fork
-repo = sys.argv[1]
-for request in sys.stdin:
-    job = json.loads(request)
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            signal.alarm(job["timeout"])
-            os.chdir(job["cwd"])
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
-            os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-            sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
-            sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8", errors="strict")
-            sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace",
-                                          line_buffering=True)
-            sys.argv = [job["script"], *job["args"]]
-            sys.path[0] = repo
-            try:
-                runpy.run_path(job["script"], run_name="__main__")
-                code = 0
-            except SystemExit as exit:
-                if exit.code is None:
-                    code = 0
-                elif isinstance(exit.code, int):
-                    code = exit.code
-                else:
-                    print(exit.code, file=sys.stderr)
-                    code = 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-        finally:
-            os._exit(code & 0xFF)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
-'''
-
-
-class Zygote:
-    """One warm interpreter that forks a child per script run (see the module docstring)."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.lock = threading.Lock()
-        self.count = 0
-        self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(REPO)], cwd=logs, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True,
-                                        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-
-    def run(self, script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        with self.lock:
-            self.count += 1
-            out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
-            job = {"script": str(REPO / script), "args": list(map(str, args)), "cwd": str(cwd), "stdout": str(out),
-                   "stderr": str(err), "timeout": TIMEOUT}
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
-            reply = self.process.stdout.readline()
-            assert reply, "the zygote died"
-            status = json.loads(reply)
-        return subprocess.CompletedProcess([script, *args], status,
-                                           out.read_bytes().decode("utf-8", errors="replace"),
-                                           err.read_bytes().decode("utf-8", errors="replace"))
-
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-
 
 # ---- shared material, built once in-process --------------------------------------------------------
 
@@ -521,7 +440,7 @@ def run_case(case: Case, tmp: Path, shared: Shared, zygote: Zygote | None):
         case.setup(tmp, shared)
     before = snapshot(tmp)
     if zygote is None:
-        result = run_script(case.script, *case.args, cwd=tmp, timeout=TIMEOUT)
+        result = run_script(case.script, *case.args, cwd=tmp, timeout=TIMEOUT, fresh=True)
     else:
         result = zygote.run(case.script, case.args, tmp)
     return result, before, snapshot(tmp)
@@ -563,7 +482,7 @@ def test_zygote_runs_like_a_subprocess(tmp_path):
     try:
         for script, args in (("preprocess.py", ["-help"]), ("preprocess.py", ["-input", "nope.txt"]),
                              ("train.py", ["-max_epochs", "nan", "-data_dir", "x", "-gpuid", "-1"])):
-            fresh = run_script(script, *args, cwd=tmp_path)
+            fresh = run_script(script, *args, cwd=tmp_path, fresh=True)
             forked = zygote.run(script, args, tmp_path)
             assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
         crash = tmp_path / "crash.py"

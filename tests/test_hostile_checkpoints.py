@@ -30,7 +30,7 @@ import torch
 from conftest import MEMORY_LIMIT_MB, REPO, assert_user_error, data_folder, limit_memory, run_script
 from model import CharRNN
 from runner import Runs, ok
-from test_bad_input import TEXT, VOCAB, Zygote, snapshot
+from test_bad_input import TEXT, VOCAB, snapshot
 from util.checkpoint import (
     build_checkpoint,
     load_checkpoint,
@@ -43,6 +43,7 @@ from util.errors import UserError
 from util.options import parse_options
 from util.training import Progress, rmsprop
 from util.vocab import Vocab
+from zygote import Zygote
 
 import train as train_script
 
