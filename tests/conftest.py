@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # so `import util.corpus` works however pytest was started
     sys.path.insert(0, str(REPO))
 
-from zygote import run_forked  # noqa: E402
+from zygote import forking, run_forked  # noqa: E402
 
 TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 """A short ASCII text with a newline-heavy layout like tiny Shakespeare (76 characters)."""
@@ -46,7 +46,7 @@ def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, ti
     A run without `env` and `memory_mb` is forked from a zygote (tests/zygote.py: torch already
     imported) unless `fresh` or CHAR_RNN_TEST_SUBPROCESS=1 asks for a new interpreter.
     """
-    if not (fresh or env or memory_mb or os.environ.get("CHAR_RNN_TEST_SUBPROCESS") == "1"):
+    if forking() and not (fresh or env or memory_mb):
         return run_forked(script, list(args), Path(cwd or REPO), timeout)
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=str(cwd or REPO),

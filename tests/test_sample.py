@@ -26,6 +26,7 @@ from model.char_rnn import Stepper, stack_layers
 from runner import Runs, ok
 from util import generate
 from util.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
+from zygote import forking, run_forked
 
 import sample
 
@@ -99,7 +100,9 @@ def save_as_if_on_gpu(path: Path, checkpoint: dict) -> None:
 def run_sample(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python sample.py *args` with stdout kept as raw bytes (conftest's run_script decodes it,
     which would hide what these tests check: exact bytes, invalid UTF-8 of byte-level models);
-    stderr is decoded."""
+    stderr is decoded. Forked from a zygote, as run_script's runs are."""
+    if forking():
+        return run_forked("sample.py", list(args), cwd, 180, binary=True)
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], cwd=str(cwd),
                             capture_output=True, timeout=180, env=env)

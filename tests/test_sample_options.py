@@ -16,6 +16,7 @@ from runner import Runs, ok
 from test_generate import sample_lua_reference
 from test_sample import PRIME, assert_error_line, run_sample, trained_ascii_checkpoint
 from util.checkpoint import save_checkpoint
+from zygote import forking, run_forked
 
 CPU_QUIET = ("-gpuid", "-1", "-verbose", "0")
 DELIMITER = "=" * 20
@@ -71,6 +72,8 @@ def cases(f: dict[str, Path]) -> dict[str, tuple]:
 
 def run_with_stdin(stdin: bytes, *args) -> subprocess.CompletedProcess:
     """run_sample with `stdin` on standard input."""
+    if forking():
+        return run_forked("sample.py", list(args), REPO, 180, stdin, binary=True)
     result = subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], input=stdin,
                             capture_output=True, timeout=180, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     result.stderr = result.stderr.decode("utf-8", errors="replace")

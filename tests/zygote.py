@@ -32,7 +32,7 @@ for request in sys.stdin:
         try:
             signal.alarm(job["timeout"])
             os.chdir(job["cwd"])
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(os.open(job["stdin"] or os.devnull, os.O_RDONLY), 0)
             os.dup2(os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
             os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
             sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
@@ -78,14 +78,19 @@ class Zygote:
                                         stdout=subprocess.PIPE, text=True,
                                         env={**os.environ, "PYTHONIOENCODING": "utf-8"})
 
-    def run(self, script: str, args: list, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-        """The run's status, stdout and stderr, as subprocess.run gives them (text, UTF-8); a run
-        past `timeout` raises subprocess.TimeoutExpired, as there."""
+    def run(self, script: str, args: list, cwd: Path, timeout: float = 120, stdin: bytes | None = None,
+            binary: bool = False) -> subprocess.CompletedProcess:
+        """The run's status, stdout and stderr, as subprocess.run gives them (text, UTF-8; stdout
+        as bytes when `binary`), `stdin` on its standard input (else nothing); a run past
+        `timeout` raises subprocess.TimeoutExpired, as there."""
         with self.lock:
             self.count += 1
             out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
+            given = self.logs / f"{self.count}.in"
+            if stdin is not None:
+                given.write_bytes(stdin)
             job = {"script": str(REPO / script), "args": list(map(str, args)), "cwd": str(cwd), "stdout": str(out),
-                   "stderr": str(err), "timeout": max(1, round(timeout))}
+                   "stderr": str(err), "stdin": "" if stdin is None else str(given), "timeout": max(1, round(timeout))}
             assert self.process.stdin and self.process.stdout
             self.process.stdin.write(json.dumps(job) + "\n")
             self.process.stdin.flush()
@@ -94,8 +99,9 @@ class Zygote:
             status = json.loads(reply)
         if status == -signal.SIGALRM:
             raise subprocess.TimeoutExpired([script, *map(str, args)], timeout)
+        stdout = out.read_bytes()
         return subprocess.CompletedProcess([script, *map(str, args)], status,
-                                           out.read_bytes().decode("utf-8", errors="replace"),
+                                           stdout if binary else stdout.decode("utf-8", errors="replace"),
                                            err.read_bytes().decode("utf-8", errors="replace"))
 
     def alive(self) -> bool:
@@ -111,14 +117,20 @@ IDLE: list[Zygote] = []  # zygotes between runs, for the next run_forked of any 
 IDLE_LOCK = threading.Lock()
 
 
-def run_forked(script: str, args: list, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def forking() -> bool:
+    """Whether script runs may be forked from a zygote (CHAR_RNN_TEST_SUBPROCESS=1 says no)."""
+    return os.environ.get("CHAR_RNN_TEST_SUBPROCESS") != "1"
+
+
+def run_forked(script: str, args: list, cwd: Path, timeout: float, stdin: bytes | None = None,
+               binary: bool = False) -> subprocess.CompletedProcess:
     """Zygote.run on an idle zygote (a new one when every zygote is busy: one per concurrent run)."""
     with IDLE_LOCK:
         zygote = IDLE.pop() if IDLE else None
     if zygote is None:
         zygote = Zygote(Path(tempfile.mkdtemp(prefix="zygote")))
     try:
-        return zygote.run(script, args, cwd, timeout)
+        return zygote.run(script, args, cwd, timeout, stdin, binary)
     finally:
         with IDLE_LOCK:
             if zygote.alive():
