@@ -97,14 +97,14 @@ def save_as_if_on_gpu(path: Path, checkpoint: dict) -> None:
 
 # ---- running sample.py -----------------------------------------------------------------------------
 
-def run_sample(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_sample(*args, cwd: Path = REPO, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """`python sample.py *args` with stdout kept as raw bytes (conftest's run_script decodes it,
     which would hide what these tests check: exact bytes, invalid UTF-8 of byte-level models);
-    stderr is decoded. Forked from a zygote, as run_script's runs are."""
+    stderr is decoded; `stdin` given on standard input. Forked from a zygote, as run_script's runs are."""
     if forking():
-        return run_forked("sample.py", list(args), cwd, 180, binary=True)
+        return run_forked("sample.py", list(args), cwd, 180, stdin, binary=True)
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], cwd=str(cwd),
+    result = subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], cwd=str(cwd), input=stdin,
                             capture_output=True, timeout=180, env=env)
     result.stderr = result.stderr.decode("utf-8", errors="replace")
     return result

@@ -3,20 +3,16 @@
 come before any text.
 
 All runs start at once on a small pool (runner.Runs) once the checkpoints are written."""
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TEXT
+from conftest import TINY_TEXT
 from runner import Runs, ok
 from test_generate import sample_lua_reference
 from test_sample import PRIME, assert_error_line, run_sample, trained_ascii_checkpoint
 from util.checkpoint import save_checkpoint
-from zygote import forking, run_forked
 
 CPU_QUIET = ("-gpuid", "-1", "-verbose", "0")
 DELIMITER = "=" * 20
@@ -70,23 +66,13 @@ def cases(f: dict[str, Path]) -> dict[str, tuple]:
     }
 
 
-def run_with_stdin(stdin: bytes, *args) -> subprocess.CompletedProcess:
-    """run_sample with `stdin` on standard input."""
-    if forking():
-        return run_forked("sample.py", list(args), REPO, 180, stdin, binary=True)
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], input=stdin,
-                            capture_output=True, timeout=180, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-    result.stderr = result.stderr.decode("utf-8", errors="replace")
-    return result
-
-
 @pytest.fixture(scope="module")
 def runs(files: dict[str, Path]) -> Iterator[Runs]:
     with Runs(workers=3) as r:
         for name, args in cases(files).items():
             r.submit(name, run_sample, *args)
-        r.submit("interactive", run_with_stdin, b"Speak\nQx\nFirst\n", files["ascii"], *CPU_QUIET,
-                 "-interactive", 1, "-length", 40)
+        r.submit("interactive", run_sample, files["ascii"], *CPU_QUIET, "-interactive", 1, "-length", 40,
+                 stdin=b"Speak\nQx\nFirst\n")
         r.submit("overwrite", run_sample, files["ascii"], *CPU_QUIET, "-length", 30, "-output",
                  files["folder"] / "replaced.txt", "-overwrite", 1, after=("output_exists",))
         yield r

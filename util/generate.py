@@ -28,7 +28,7 @@ import torch
 from model import CharRNN
 from model.char_rnn import Stepper
 from util.errors import diagnostic
-from util.training import cuda_graph, readback_window, side_stream
+from util.training import cuda_graph, readback_window, refused_capture, side_stream
 
 DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer when the block would be large)
 DRAW_BLOCK_FLOATS = 1 << 22
@@ -122,14 +122,11 @@ def sample_steps(model: CharRNN, prime: list[int], length: int, sampling: Sampli
         stepper = Stepper(model)
         logits, state = primed(stepper, prime, streams, device)
         noise = Noise(generators, model.vocab_size, length, device) if sampling.sample else None
-        graph = SamplingGraph.made(stepper, sampling, logits, state, window, noise is not None) \
+        graph = SamplingGraph.made(stepper, sampling, logits, state, window, noise) \
             if sampling_graphed(graphs, device, length, window) else None
         if graph is not None:
             for done in range(0, length, window):
-                if noise is not None and graph.noise is not None:
-                    noise.fill(graph.noise)
-                graph.replay()
-                yield from graph.tokens.tolist()[:length - done]
+                yield from graph.next_window()[:length - done]
             return
         unread: list[torch.Tensor] = []
         for n in range(length):
@@ -157,17 +154,19 @@ def sampling_graphed(requested: bool, device: torch.device, length: int, window:
 
 class SamplingGraph:
     """`window` steps of sampling captured as one CUDA graph (util.training.cuda_graph). The graph
-    starts from its own copies of the logits and the state, reads each step's noise from `noise`
-    (streams, window, V), writes each step's ids into `tokens` (window, streams) and leaves the
-    logits and state after its last step in its copies, for the next replay. Its capture follows
-    one run of the same steps on a side stream (with noise of ones), as torch.cuda.graphs asks."""
+    starts from its own copies of the logits and the state, reads each step's noise from its
+    `noise` (streams, window, V; filled from the draws' Noise before each replay), writes each
+    step's ids into `tokens` (window, streams) and leaves the logits and state after its last step
+    in its copies, for the next replay. Its capture follows one run of the same steps on a side
+    stream (with noise of ones), as torch.cuda.graphs asks."""
 
     def __init__(self, stepper: Stepper, sampling: Sampling, logits: torch.Tensor, state: list,
-                 window: int, with_noise: bool):
+                 window: int, draws: Noise | None):
         streams, device = logits.shape[0], logits.device
+        self.draws = draws
         self.logits = torch.empty(streams, stepper.vocab_size, device=device)
         self.state = [tuple(torch.empty_like(part) for part in layer) for layer in state]
-        self.noise = torch.ones(streams, window, stepper.vocab_size, device=device) if with_noise else None
+        self.noise = None if draws is None else torch.ones(streams, window, stepper.vocab_size, device=device)
         self.tokens = torch.empty(window, streams, dtype=torch.long, device=device)
 
         def body() -> None:
@@ -186,16 +185,21 @@ class SamplingGraph:
 
     @classmethod
     def made(cls, stepper: Stepper, sampling: Sampling, logits: torch.Tensor, state: list,
-             window: int, with_noise: bool) -> "SamplingGraph | None":
+             window: int, draws: Noise | None) -> "SamplingGraph | None":
         """The graph, or None after a notice on stderr when it cannot be captured (the sampling then
         goes on without one)."""
         try:
-            return cls(stepper, sampling, logits, state, window, with_noise)
+            return cls(stepper, sampling, logits, state, window, draws)
         except RuntimeError as error:
-            diagnostic(f"notice: sampling could not be captured as a CUDA graph "
-                       f"({(str(error).splitlines() or [''])[0][:160]}); it goes on without one "
-                       f"(-cuda_graphs 0 asks for that)")
+            diagnostic(refused_capture("sampling", error, "it"))
             return None
+
+    def next_window(self) -> list[list[int]]:
+        """The next window's ids, one list per step: its noise drawn, the graph replayed, read back."""
+        if self.draws is not None and self.noise is not None:
+            self.draws.fill(self.noise)
+        self.replay()
+        return self.tokens.tolist()
 
     def start_from(self, logits: torch.Tensor, state: list) -> None:
         """The next replay's first step to follow these logits and this state."""

@@ -63,6 +63,13 @@ def cuda_graph(body: Callable[[], None]) -> Callable[[], None]:
     return graph.replay
 
 
+def refused_capture(what: str, error: RuntimeError, who: str) -> str:
+    """The notice for a capture that raised: its error's first line, and that `who` goes on without."""
+    reason = (str(error).splitlines() or [""])[0][:160]
+    return f"notice: {what} could not be captured as a CUDA graph ({reason}); {who} goes on without one " \
+           f"(-cuda_graphs 0 asks for that)"
+
+
 def graphs_used(requested: bool, device: torch.device, distributed: bool) -> bool:
     """Whether train.py replays its steps as CUDA graphs (TrainingStep): when asked (-cuda_graphs, on
     by default), on a CUDA device, in one process (under torchrun DDP's all-reduce runs between
@@ -149,9 +156,7 @@ class TrainingStep:
             self.replay = cuda_graph(body)
         except RuntimeError as error:
             self.graphed, self.replay = False, None
-            self.say(f"notice: the training step could not be captured as a CUDA graph "
-                     f"({(str(error).splitlines() or [''])[0][:160]}); training goes on without one "
-                     f"(-cuda_graphs 0 asks for that)")
+            self.say(refused_capture("the training step", error, "training"))
 
 
 @contextlib.contextmanager
