@@ -28,9 +28,25 @@ TINY_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAl
 """A short ASCII text with a newline-heavy layout like tiny Shakespeare (76 characters)."""
 
 
-MEMORY_LIMIT_MB = 1500
-"""A script's address space under `run_script(..., memory_mb=MEMORY_LIMIT_MB)`: room for torch, numpy,
-h5py and a tiny model (the imports alone fit in 1,000 MiB), far below what a hostile file asks for."""
+SCRIPT_HEADROOM_MB = 850
+"""What a capped script may allocate beyond its imports: room for a tiny model and its data, far below
+the gigabytes a hostile file asks for."""
+
+
+def imports_footprint_mb() -> int:
+    """The address space (VmPeak, MiB) of a new interpreter once it has imported torch, numpy and h5py:
+    about 640 MiB with the CPU build of torch, over 3,000 MiB with a CUDA build, which maps its CUDA
+    libraries at import."""
+    probe = ("import torch, numpy, h5py; from pathlib import Path; "
+             "print(next(l.split()[1] for l in Path('/proc/self/status').read_text().splitlines() "
+             "if l.startswith('VmPeak:')))")
+    kilobytes = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(kilobytes.stdout) >> 10
+
+
+MEMORY_LIMIT_MB = imports_footprint_mb() + SCRIPT_HEADROOM_MB
+"""A script's address space under `run_script(..., memory_mb=MEMORY_LIMIT_MB)`: its imports, measured
+with the torch build running the tests, and SCRIPT_HEADROOM_MB."""
 
 
 def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,

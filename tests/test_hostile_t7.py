@@ -190,7 +190,7 @@ def written(obj: object) -> Callable[[Path], None]:
 
 
 def sparse_file(path: Path) -> None:
-    """2 GiB of zeros that take no disk: more than load_in_child's headroom and MEMORY_LIMIT_MB."""
+    """2 GiB of zeros that take no disk: more than load_in_child's headroom and conftest.SCRIPT_HEADROOM_MB."""
     with open(path, "wb") as handle:
         handle.truncate(2 << 30)
 
