@@ -10,6 +10,7 @@ import io
 import itertools
 import math
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -392,7 +393,7 @@ def test_primefile_with_a_utf8_byte_order_mark(tmp_path, monkeypatch, files):
 
 def test_checkpoint_saved_on_a_gpu_loads_on_the_cpu(runs, files):
     if not torch.cuda.is_available():  # the file really asks for CUDA when loaded naively
-        with pytest.raises(RuntimeError, match="CUDA"):
+        with pytest.raises((RuntimeError, pickle.UnpicklingError), match="CUDA"):  # torch 2.4: the latter
             torch.load(files["gpu"], weights_only=True)
     assert ok(runs["gpu_saved"]).stdout == ok(runs["argmax_prime"]).stdout
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_TEXT
 from runner import Runs, ok
-from test_generate import sample_lua_reference
+from test_generate import needs_concatenating_draws, sample_lua_reference
 from test_sample import PRIME, assert_error_line, run_sample, trained_ascii_checkpoint
 from util.checkpoint import save_checkpoint
 
@@ -82,6 +82,7 @@ def samples_of(stdout: bytes) -> list[str]:
     return stdout.decode("utf-8").split(f"\n{DELIMITER}\n")
 
 
+@needs_concatenating_draws
 def test_no_new_option_gives_the_text_sample_py_always_gave(runs, files):
     expected = sample_lua_reference(files["ascii"], "", 300, 1.0, 123)
     assert ok(runs["default"]).stdout.decode("utf-8") == expected + "\n"
