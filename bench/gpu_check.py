@@ -193,9 +193,10 @@ def unittest_summary(output: str) -> str:
         return "no unittest summary (see the output above)"
     counts = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", status.group(2) or "")}
     failed, errors, skipped = counts.get("failures", 0), counts.get("errors", 0), counts.get("skipped", 0)
-    passed = int(ran.group(1)) - failed - errors - skipped - counts.get("expected_failures", 0)
+    tests = int(ran.group(1)) + (skipped if sys.version_info >= (3, 12) else 0)  # 3.12 runs no skipped test
+    passed = tests - failed - errors - skipped - counts.get("expected_failures", 0)
     reasons = sorted(set(re.findall(r"skipped '([^']*)'", output)))
-    return (f"{ran.group(1)} tests: {passed} passed, {failed} failed, {errors} errors, {skipped} skipped "
+    return (f"{tests} tests: {passed} passed, {failed} failed, {errors} errors, {skipped} skipped "
             f"in {float(ran.group(2)):.0f} s" + "".join(f"; skipped: {reason}" for reason in reasons))
 
 

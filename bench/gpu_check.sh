@@ -3,13 +3,14 @@
 # at the end. bench/gpu_check.py does the work (its docstring says what each part measures):
 #   (a) tests/test_cuda.py: CUDA against the CPU reference for every cell and path, train.py,
 #       sample.py and -resume on -gpuid 0, two processes on one GPU (unittest: no pytest needed);
-#   (b) training chars/s of train.py's step against a bare cuDNN nn.LSTM one-hot script at 2x128,
-#       2x256, 3x512 (vocabulary 65) and 2x256 (vocabulary 2,583), fp32 and bf16, and the user's
-#       command (train.py -rnn_size 256 -num_layers 2) on a lyrics-like text;
-#   (c) sampling chars/s with 1 and 64 streams;
+#   (b) training chars/s of train.py's step (a CUDA graph, and with graphs off) against a bare cuDNN
+#       nn.LSTM one-hot script at 2x128, 2x256, 3x512 (vocabulary 65) and 2x256 (vocabulary 2,583),
+#       fp32 and bf16, and the user's command (train.py -rnn_size 256 -num_layers 2) on a
+#       lyrics-like text;
+#   (c) sampling chars/s with 1 and 64 streams, one stream also with graphs off;
 #   (d) two processes on one GPU: NCCL if it takes them, else train.py talks over gloo;
-#   (e) a CUDA graph probe: (b)'s step captured in one graph, its speed and its distance from the
-#       uncaptured step (train.py captures none, so (b) has no "graphs on/off" columns).
+#   (e) graphs exact: the weights of (b)'s step replayed as a CUDA graph against the eager step's
+#       after a few steps (anything but 0 fails).
 # (a) also checks that cuDNN takes the model's weights without a copy (one buffer, no warning).
 # The lyrics are not bundled (copyrighted): the user's command runs on a text made of 红楼梦 with
 # the lyrics' 63,282 characters and 2,583 distinct ones.
