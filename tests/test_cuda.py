@@ -193,6 +193,18 @@ def check_stream_alone_and_among_many(device: torch.device, vocab: int, streams:
         assert [step[k] for step in drawn] == [step[0] for step in alone], f"stream {k} of {streams}, V={vocab}"
 
 
+def check_shorter_generation_starts_the_longer(device: torch.device, vocab: int) -> None:
+    """A generation of 5, 30 or 60 characters is the start of one of 130 from the same seed: util.generate
+    .Noise asks a stream's generator for blocks of one size whatever the length (fewer numbers, once, for
+    a generation shorter than a block), and CUDA's first call gives its numbers whatever its size."""
+    model = random_model("lstm", vocab, 2).eval().to(device)
+    longest = [step[0] for step in sample_steps(model, [1, 2], 130, Sampling(0.8), stream_generators([7], device, 0))]
+    for length in (5, 30, 60):
+        drawn = [step[0] for step in sample_steps(model, [1, 2], length, Sampling(0.8),
+                                                  stream_generators([7], device, 0))]
+        assert drawn == longest[:length], f"{length} characters, V={vocab}"
+
+
 @contextlib.contextmanager
 def captures_counted() -> Iterator[list]:
     """A list that holds the replay of every capture util.generate makes meanwhile (one that raised
@@ -241,6 +253,7 @@ class ReferenceHarnessOnCpu(unittest.TestCase):
         check_generation(CPU, 65, streams=8)
         assert check_graphed_generation(CPU, "lstm", 65) == 0
         check_stream_alone_and_among_many(CPU, 2583, streams=8)
+        check_shorter_generation_starts_the_longer(CPU, 2583)
 
 
 @unittest.skipUnless(CUDA, NO_CUDA)
@@ -344,6 +357,11 @@ class PathsOnCuda(unittest.TestCase):
         for vocab in VOCABS:
             with self.subTest(vocab=vocab):
                 check_stream_alone_and_among_many(self.device, vocab)
+
+    def test_a_shorter_generation_is_the_start_of_a_longer_one(self):
+        for vocab in VOCABS:
+            with self.subTest(vocab=vocab):
+                check_shorter_generation_starts_the_longer(self.device, vocab)
 
     def test_select_device_sets_ieee_float32_and_bf16_follows_the_capability(self):
         torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, which select_device must undo

@@ -3,6 +3,7 @@ filters, streams, stop texts, beam search against exhaustive search, byte-level 
 import itertools
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -143,6 +144,34 @@ def test_num_samples_gives_different_reproducible_streams(model):
     assert len(set(samples)) == 4
     assert model.generate(PRIME, 200, num_samples=4, seed=8) == samples
     assert model.generate(PRIME, 200, num_samples=4, seed=9) != samples
+
+
+def draw_sizes(streams: int, length: int, vocab: int = 2583) -> list[list[int]]:
+    """How many numbers each of `streams` generators is asked for at each call, in order, while
+    sample_steps makes `length` steps of a model with `vocab` characters."""
+    network = build_model("lstm", [chr(0x4E00 + i) for i in range(vocab)], 8, 1).eval()
+    generators = stream_generators(list(range(streams)), torch.device("cpu"), 0)
+    calls: dict[int, list[int]] = {id(g): [] for g in generators}
+    real = torch.Tensor.exponential_
+
+    def counted(tensor: torch.Tensor, *args, generator: torch.Generator, **options) -> torch.Tensor:
+        calls[id(generator)].append(tensor.numel())
+        return real(tensor, *args, generator=generator, **options)
+
+    with mock.patch.object(torch.Tensor, "exponential_", counted):
+        list(sample_steps(network, [1], length, Sampling(0.8), generators))
+    return [calls[id(g)] for g in generators]
+
+
+def test_a_stream_asks_its_generator_for_the_same_draws_alone_and_among_64():
+    # CUDA's numbers for a call depend on the sizes of the calls before it: alike calls, alike text
+    alone, = draw_sizes(1, 60)
+    assert sum(alone) == 60 * 2583 and len(alone) > 1
+    assert draw_sizes(64, 60) == [alone] * 64
+    longer, = draw_sizes(1, 130)
+    assert longer[:len(alone)] == alone
+    shorter, = draw_sizes(1, 3)
+    assert shorter == [3 * 2583]
 
 
 def test_stop_ends_each_sample_before_the_stop_text(model):

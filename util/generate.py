@@ -30,8 +30,8 @@ from model.char_rnn import Stepper
 from util.errors import diagnostic
 from util.training import cuda_graph, readback_window, refused_capture, side_stream
 
-DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer when the block would be large)
-DRAW_BLOCK_FLOATS = 1 << 22
+DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer at a large vocabulary)
+DRAW_STREAM_FLOATS = 1 << 15  # the most numbers one stream draws at once
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,15 @@ def filtered_probabilities(logits: torch.Tensor, sampling: Sampling) -> torch.Te
 
 class Noise:
     """The exponential noise of each stream's draws, from its own generator, drawn a block of steps
-    at a time: the same numbers as drawing each step's (1, V) alone, in far fewer calls."""
+    at a time: on the CPU the same numbers as drawing each step's (1, V) alone, in far fewer calls.
+    A block's size depends on the vocabulary alone, never on the number of streams: CUDA's Philox
+    numbers for a call depend on the sizes of the calls before it (and so did torch 2.4's CPU
+    numbers), so a stream draws alike alone and among others only if its calls are the same. A
+    generation shorter than a block draws once, fewer steps: the start of a whole block's numbers."""
 
     def __init__(self, generators: list[torch.Generator], vocab_size: int, steps: int, device: torch.device):
         self.generators = generators
-        per_step = len(generators) * vocab_size
-        self.block_steps = max(1, min(DRAW_BLOCK_STEPS, steps, DRAW_BLOCK_FLOATS // per_step))
+        self.block_steps = max(1, min(DRAW_BLOCK_STEPS, steps, DRAW_STREAM_FLOATS // vocab_size))
         self.block = torch.empty(len(generators), self.block_steps, vocab_size, device=device)
         self.used = self.block_steps
 
