@@ -31,7 +31,7 @@ from util.errors import diagnostic
 from util.training import cuda_graph, readback_window, refused_capture, side_stream
 
 DRAW_BLOCK_STEPS = 64  # steps of noise drawn per stream at once (fewer at a large vocabulary)
-DRAW_STREAM_FLOATS = 1 << 15  # the most numbers one stream draws at once
+DRAW_STREAM_FLOATS = 1 << 16  # the most numbers one stream draws at once
 
 
 @dataclass(frozen=True)
