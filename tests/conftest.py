@@ -33,20 +33,27 @@ SCRIPT_HEADROOM_MB = 850
 the gigabytes a hostile file asks for."""
 
 
-def imports_footprint_mb() -> int:
-    """The address space (VmPeak, MiB) of a new interpreter once it has imported torch, numpy and h5py:
-    about 640 MiB with the CPU build of torch, over 3,000 MiB with a CUDA build, which maps its CUDA
-    libraries at import."""
+def imports_footprint_mb() -> dict[str, int]:
+    """A new interpreter's VmPeak (address space) and VmHWM (peak resident memory), in MiB, once it has
+    imported torch, numpy and h5py: about 640 and 240 with the CPU build of torch; over 3,000 and 800
+    with a CUDA build, which maps its CUDA libraries at import."""
     probe = ("import torch, numpy, h5py; from pathlib import Path; "
-             "print(next(l.split()[1] for l in Path('/proc/self/status').read_text().splitlines() "
-             "if l.startswith('VmPeak:')))")
-    kilobytes = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return int(kilobytes.stdout) >> 10
+             "print(*(l.split()[1] for l in Path('/proc/self/status').read_text().splitlines() "
+             "if l.startswith(('VmPeak:', 'VmHWM:'))))")
+    peak, resident = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                    check=True).stdout.split()
+    return {"VmPeak": int(peak) >> 10, "VmHWM": int(resident) >> 10}
 
 
-MEMORY_LIMIT_MB = imports_footprint_mb() + SCRIPT_HEADROOM_MB
+IMPORTS_MB = imports_footprint_mb()
+
+MEMORY_LIMIT_MB = IMPORTS_MB["VmPeak"] + SCRIPT_HEADROOM_MB
 """A script's address space under `run_script(..., memory_mb=MEMORY_LIMIT_MB)`: its imports, measured
 with the torch build running the tests, and SCRIPT_HEADROOM_MB."""
+
+RESIDENT_LIMIT_MB = IMPORTS_MB["VmHWM"] + 560
+"""The most resident memory (VmHWM) a capped child that loads small files may reach: its imports and
+room for the files, far below an inflated archive."""
 
 
 def run_script(script: str, *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import RESIDENT_LIMIT_MB
 from test_hostile_checkpoints import (
     CASE_SECONDS,
     NESTED,
@@ -189,7 +190,7 @@ def test_every_mutation_is_quick_and_small(fuzzed):
     outcomes, memory = fuzzed
     slowest = max(outcomes.items(), key=lambda item: item[1].seconds)
     assert slowest[1].seconds < CASE_SECONDS / 2, slowest
-    assert memory["VmHWM"] < 800, memory
+    assert memory["VmHWM"] < RESIDENT_LIMIT_MB, memory
 
 
 def test_the_byte_mutations_reach_the_archive_checks(fuzzed):

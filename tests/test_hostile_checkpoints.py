@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MEMORY_LIMIT_MB, REPO, assert_user_error, data_folder, limit_memory, run_script
+from conftest import MEMORY_LIMIT_MB, REPO, RESIDENT_LIMIT_MB, assert_user_error, data_folder, limit_memory, run_script
 from model import CharRNN
 from runner import Runs, ok
 from test_bad_input import TEXT, VOCAB, snapshot
@@ -558,7 +558,7 @@ def test_the_capped_child_loads_a_valid_checkpoint(capped):
     the child stayed small: nothing was inflated (VmHWM is its peak resident memory)."""
     outcomes, memory, _ = capped
     assert outcomes["valid"].outcome == "loaded", outcomes["valid"]
-    assert memory["VmHWM"] < 800, memory
+    assert memory["VmHWM"] < RESIDENT_LIMIT_MB, memory
 
 
 def test_the_zip_bomb_is_what_it_claims(tmp_path):

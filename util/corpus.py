@@ -149,15 +149,17 @@ def _code_point_chunks(source: TextFile, encoding: str) -> Iterator[np.ndarray]:
 def _decode_error(path: str, encoding: str, error: UnicodeError, start: int) -> DecodeError:
     """The one line for text that does not decode; `start`: the file offset of error.object[0]."""
     hint = "; try -encoding bytes or -encoding latin-1"
-    if isinstance(error, UnicodeDecodeError) and error.start < len(error.object):
+    if isinstance(error, UnicodeDecodeError) and error.start < len(error.object) and "BOM" not in error.reason:
         return DecodeError(f"{path} is not valid {encoding}: cannot decode byte 0x{error.object[error.start]:02x} "
                            f"at offset {start + error.start}{hint}")
     if isinstance(error, UnicodeEncodeError):  # a lone surrogate, which utf-7 and raw_unicode_escape can give
         surrogate = ord(error.object[error.start])
         return DecodeError(f"{path} is not valid {encoding} text: it decodes to U+{surrogate:04X}, a lone surrogate, "
                            f"which is no character{hint}")
-    # codecs that raise a bare UnicodeError: utf-16 and utf-32 with no byte-order mark, say
-    return DecodeError(f"{path} is not valid {encoding}: {error}{hint}")
+    # utf-16 and utf-32 with no byte-order mark: a bare UnicodeError before Python 3.13, since then a
+    # UnicodeDecodeError at byte 0 whose reason says so
+    reason = error.reason if isinstance(error, UnicodeDecodeError) else error
+    return DecodeError(f"{path} is not valid {encoding}: {reason}{hint}")
 
 
 def scan(path: str, encoding: str) -> tuple[Vocab, int]:
