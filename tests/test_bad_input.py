@@ -11,8 +11,8 @@ Inputs that look bad but are valid (a text of carriage returns only, binary data
 -encoding bytes, a lone BOM in bytes mode) are checked for success and a round trip separately.
 
 Speed: a script run spends ~1.3 s importing torch, and there are ~80 cases. By default the cases
-run in zygotes (tests/zygote.py: a Python that has imported torch, numpy and h5py once forks a
-child per case), two of the matrix's own; CHAR_RNN_TEST_SUBPROCESS=1 runs every case as a fresh
+are forked from zygotes (conftest.run_script; tests/zygote.py: a Python that has imported torch,
+numpy and h5py once forks a child per case); CHAR_RNN_TEST_SUBPROCESS=1 runs every case as a fresh
 `python script.py ...` instead. test_zygote_runs_like_a_subprocess compares the two.
 
 The option-parser properties at the end run in-process on the real option tables of the scripts.
@@ -41,7 +41,7 @@ from util.data import load_data_dir
 from util.errors import UserError
 from util.options import Option, lua_number, parse_options
 from util.vocab import Vocab
-from zygote import Zygote
+from zygote import Zygote, forking
 
 import preprocess as preprocess_script
 import sample as sample_script
@@ -434,38 +434,25 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return state
 
 
-def run_case(case: Case, tmp: Path, shared: Shared, zygote: Zygote | None):
+def run_case(case: Case, tmp: Path, shared: Shared):
     tmp.mkdir(parents=True)
     if case.setup:
         case.setup(tmp, shared)
     before = snapshot(tmp)
-    if zygote is None:
-        result = run_script(case.script, *case.args, cwd=tmp, timeout=TIMEOUT, fresh=True)
-    else:
-        result = zygote.run(case.script, case.args, tmp)
+    result = run_script(case.script, *case.args, cwd=tmp, timeout=TIMEOUT)
     return result, before, snapshot(tmp)
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every case's (result, folder before, folder after): two at a time on two zygotes, or three at a
-    time as fresh interpreters."""
+    """Every case's (result, folder before, folder after): two at a time forked from zygotes, or three
+    at a time as fresh interpreters."""
     root = tmp_path_factory.mktemp("bad_input")
     shared = build_shared(root / "shared")
-    fresh = os.environ.get("CHAR_RNN_TEST_SUBPROCESS") == "1"
-    zygotes = []
-    if not fresh:
-        for n in range(2):
-            (root / f"logs{n}").mkdir()
-            zygotes.append(Zygote(root / f"logs{n}"))
-    try:
-        with Runs(workers=3 if fresh else 2) as runs:
-            for n, case in enumerate(CASES):
-                runs.submit(case.id, run_case, case, root / case.id, shared, None if fresh else zygotes[n % 2])
-            return runs.results()
-    finally:
-        for zygote in zygotes:
-            zygote.close()
+    with Runs(workers=2 if forking() else 3) as runs:
+        for case in CASES:
+            runs.submit(case.id, run_case, case, root / case.id, shared)
+        return runs.results()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

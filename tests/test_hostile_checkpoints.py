@@ -6,8 +6,8 @@ at iteration 3 of a run on test_bad_input's TEXT) by torch.save, or by rewriting
 Most cases run in-process against util.checkpoint. The cases about memory run in one child process
 whose address space is capped (load_in_capped_child: RLIMIT_AS at conftest.MEMORY_LIMIT_MB), so that
 a file the loader believed would fail there, at once, instead of taking the machine's memory or
-minutes. A handful run end to end as a user runs them, most in test_bad_input's zygote; a failed
--resume must leave its folder as it was.
+minutes. A handful run end to end as a user runs them, most forked from a zygote (tests/zygote.py);
+a failed -resume must leave its folder as it was.
 """
 import io
 import json
@@ -43,7 +43,6 @@ from util.errors import UserError
 from util.options import parse_options
 from util.training import Progress, rmsprop
 from util.vocab import Vocab
-from zygote import Zygote
 
 import train as train_script
 
@@ -629,39 +628,30 @@ CAPPED_RUNS = {  # the memory cases through the scripts, as a fresh interpreter 
 CONTROL = Run("train.py", RESUME, lambda checkpoint: checkpoint, ())
 
 
-def run_in_folder(folder: Path, data: Path, run: Run, zygote: Zygote | None) -> tuple:
-    """(result, the folder before, after) of `run` on its checkpoint in a folder of its own: in the
-    zygote, or (zygote None) as a fresh interpreter capped at MEMORY_LIMIT_MB."""
+def run_in_folder(folder: Path, data: Path, run: Run, capped: bool) -> tuple:
+    """(result, the folder before, after) of `run` on its checkpoint in a folder of its own: forked
+    from a zygote (conftest.run_script), or when `capped` as a fresh interpreter capped at
+    MEMORY_LIMIT_MB."""
     folder.mkdir()
     shutil.copytree(data, folder / "data")  # copy2: mtimes kept, so the data's cache stays fresh
     write(folder / "ck.pt", run.change(tiny_checkpoint()))
     before = snapshot(folder)
-    if zygote is None:
-        result = run_script(run.script, *run.args, cwd=folder, memory_mb=MEMORY_LIMIT_MB, timeout=60)
-    else:
-        result = zygote.run(run.script, run.args, folder)
+    result = run_script(run.script, *run.args, cwd=folder, memory_mb=MEMORY_LIMIT_MB if capped else None,
+                        timeout=60 if capped else 120)
     return result, before, snapshot(folder)
 
 
 @pytest.fixture(scope="module")
 def script_runs(tmp_path_factory) -> dict[str, tuple]:
-    """Every run's (result, folder before, after), two at a time: on two zygotes, the capped ones fresh."""
+    """Every run's (result, folder before, after), two at a time: forked, the capped ones fresh."""
     root = tmp_path_factory.mktemp("hostile_runs")
     data = data_folder(root / "shared_data", TEXT)
-    zygotes = []
-    for n in range(2):
-        (root / f"logs{n}").mkdir()  # each its own: a zygote numbers its output files from 1
-        zygotes.append(Zygote(root / f"logs{n}"))
-    try:
-        with Runs(workers=2) as runs:
-            for n, (name, run) in enumerate({**RUNS, "control_resume": CONTROL}.items()):
-                runs.submit(name, run_in_folder, root / name, data, run, zygotes[n % 2])
-            for name, run in CAPPED_RUNS.items():
-                runs.submit(name, run_in_folder, root / name, data, run, None)
-            return runs.results()
-    finally:
-        for zygote in zygotes:
-            zygote.close()
+    with Runs(workers=2) as runs:
+        for name, run in {**RUNS, "control_resume": CONTROL}.items():
+            runs.submit(name, run_in_folder, root / name, data, run, False)
+        for name, run in CAPPED_RUNS.items():
+            runs.submit(name, run_in_folder, root / name, data, run, True)
+        return runs.results()
 
 
 @pytest.mark.parametrize("name", [*RUNS, *CAPPED_RUNS])
